@@ -1,0 +1,113 @@
+"""The ASGI callable: lifespan, health, and the chain auth → route → stream for every other path."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+
+from gateway import __version__
+from gateway.chain import route
+from gateway.config import Settings, load_settings
+from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.http import ClientDisconnected, Receive, Request, Responder, Scope, Send, read_body
+from gateway.services import Readiness, Services
+
+log = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+
+
+class _Health(msgspec.Struct):
+    status: str
+    version: str
+
+
+class _Ready(msgspec.Struct):
+    status: str
+    checks: Readiness
+
+
+class Gateway:
+    """One gateway: `running()` builds its services (the lifespan does it for a server)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.services: Services | None = None
+        self._request_id_header = settings.request_id_header.lower().encode("ascii")
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Services]:
+        async with Services.open(self.settings) as services:
+            self.services = services
+            try:
+                yield services
+            finally:
+                self.services = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        started = False
+        try:
+            async with self.running():
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()  # lifespan.shutdown
+        except Exception as exc:
+            log.exception("gateway lifespan failed")
+            kind = "shutdown" if started else "startup"
+            await send({"type": f"lifespan.{kind}.failed", "message": type(exc).__name__})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, self._request_id_header)
+        responder = Responder(send, self._request_id_header, request.request_id)
+        try:
+            services = self.services
+            if request.path == "/healthz":
+                await responder.whole(200, _encode(_Health("ok", __version__)))
+            elif services is None:
+                await responder.error(ServiceUnavailable(), request.surface)
+            elif request.path == "/readyz":
+                readiness = await services.readiness()
+                ready = readiness.ready
+                await responder.whole(
+                    200 if ready else 503,
+                    _encode(_Ready("ready" if ready else "unready", readiness)),
+                )
+            else:
+                await self._proxy(services, request, receive, responder)
+        except GatewayError as exc:
+            if not responder.started:
+                await responder.error(exc, request.surface)
+        except ClientDisconnected:
+            pass
+        except Exception:
+            # The one place an unexpected failure is caught: logged whole, answered generically.
+            log.exception("unhandled error in request %s", request.request_id)
+            if not responder.started:
+                await responder.error(GatewayError(), request.surface)
+
+    async def _proxy(
+        self, services: Services, request: Request, receive: Receive, responder: Responder
+    ) -> None:
+        await services.authenticator.authenticate(request.header_values(b"authorization"))
+        endpoint = route.resolve(request.method, request.raw_path)
+        body = await read_body(request, receive, self.settings.max_request_body_bytes)
+        routed = route.shape_request(endpoint, body, self.settings.max_num_predict)
+        await services.relay.forward(request, endpoint, routed, responder, receive)
+
+
+def create_app() -> Gateway:
+    """What a server imports (`gateway.app:create_app()`): settings from the environment."""
+    return Gateway(load_settings(os.environ))

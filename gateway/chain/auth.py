@@ -1,0 +1,162 @@
+"""The auth stage: a bearer key becomes a Principal, or every kind of failure becomes one 401.
+
+Lookup order: this process's cache, then Redis, then Postgres with an argon2id verify in a
+worker thread. A cached key costs no Postgres round trip and no argon2.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import msgspec
+
+from gateway.chain.values import Principal
+from gateway.errors import Unauthorized
+from gateway.keys import KeyHasher, cache_digest, parse_key
+from gateway.store.pg import Database, KeyRecord
+from gateway.store.redis import Cache
+
+log = logging.getLogger(__name__)
+
+_encode_principal = msgspec.msgpack.Encoder().encode
+_decode_principal = msgspec.msgpack.Decoder(Principal).decode
+
+
+class LocalKeyCache:
+    """Resolved keys in this process, bounded in size and age; evicted by key id on revocation."""
+
+    def __init__(self, *, ttl_s: float, max_entries: int, clock: Callable[[], float]) -> None:
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[str, tuple[bytes, Principal, float]] = {}
+
+    def get(self, key_id: str, digest: bytes) -> Principal | None:
+        entry = self._entries.get(key_id)
+        if entry is None or entry[0] != digest:
+            return None
+        if entry[2] <= self._clock():
+            del self._entries[key_id]
+            return None
+        return entry[1]
+
+    def put(self, key_id: str, digest: bytes, principal: Principal) -> None:
+        if key_id not in self._entries and len(self._entries) >= self._max_entries:
+            # Oldest insertion first: dicts keep insertion order.
+            del self._entries[next(iter(self._entries))]
+        self._entries[key_id] = (digest, principal, self._clock() + self._ttl_s)
+
+    def evict(self, key_id: str) -> None:
+        self._entries.pop(key_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def bearer_token(authorization: list[bytes]) -> str | None:
+    """The token of exactly one `Authorization: Bearer <token>` header, else None."""
+    if len(authorization) != 1:
+        return None
+    scheme, _, token = authorization[0].partition(b" ")
+    if scheme.lower() != b"bearer" or not token.isascii():
+        return None
+    return token.strip().decode("ascii")
+
+
+def _epoch_s(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+class Authenticator:
+    """Resolves keys; shares one byte-identical refusal for every way a key can be wrong."""
+
+    def __init__(
+        self,
+        *,
+        key_prefix: str,
+        hasher: KeyHasher,
+        database: Database,
+        cache: Cache,
+        local: LocalKeyCache,
+        shared_ttl_s: int,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._prefix = key_prefix
+        self._hasher = hasher
+        self._database = database
+        self._cache = cache
+        self.local = local
+        self._shared_ttl_s = shared_ttl_s
+        self._now = wall_clock
+
+    async def authenticate(self, authorization: list[bytes]) -> Principal:
+        token = bearer_token(authorization)
+        parsed = parse_key(token, self._prefix) if token else None
+        if token is None or parsed is None:
+            # The key format is public, so a malformed key reveals nothing: refuse without argon2.
+            raise Unauthorized
+        digest = cache_digest(token)
+        principal = self.local.get(parsed.key_id, digest)
+        if principal is None:
+            blob = await self._cache.get_principal(parsed.key_id, digest)
+            if blob is not None:
+                principal = _decode_principal(blob)
+                self.local.put(parsed.key_id, digest, principal)
+        if principal is None:
+            principal = await self._resolve(parsed.key_id, token, digest)
+        if principal.expires_at_s is not None and principal.expires_at_s <= self._now():
+            raise Unauthorized
+        return principal
+
+    async def _resolve(self, key_id: str, token: str, digest: bytes) -> Principal:
+        record = await self._database.find_key(key_id)
+        if record is None:
+            await self._hasher.verify_nothing(token)
+            raise Unauthorized
+        now_s = self._now()
+        grace_until_s = _epoch_s(record.previous_secret_expires_at)
+        if await self._hasher.verify(record.secret_hash, token):
+            await self._maybe_rehash(record, token)
+            valid_until_s = _epoch_s(record.expires_at)
+        elif (
+            record.previous_secret_hash is not None
+            and grace_until_s is not None
+            and grace_until_s > now_s
+            and await self._hasher.verify(record.previous_secret_hash, token)
+        ):
+            # A rotated-out secret works until its grace ends, and is cached no longer than that.
+            expires_at_s = _epoch_s(record.expires_at)
+            valid_until_s = min(grace_until_s, expires_at_s or grace_until_s)
+        else:
+            raise Unauthorized
+        if record.revoked or record.tenant_disabled:
+            raise Unauthorized
+        principal = Principal(
+            tenant_id=record.tenant_id,
+            tenant_name=record.tenant_name,
+            key_id=record.key_id,
+            key_name=record.key_name,
+            expires_at_s=valid_until_s,
+        )
+        if valid_until_s is not None and valid_until_s <= now_s:
+            raise Unauthorized
+        await self._cache.put_principal(
+            key_id, digest, _encode_principal(principal), self._shared_ttl_s
+        )
+        self.local.put(key_id, digest, principal)
+        return principal
+
+    async def _maybe_rehash(self, record: KeyRecord, token: str) -> None:
+        # Only now is the key in hand, so only now can a hash made with old parameters be
+        # replaced; the update is conditional on the old hash, so concurrent replicas agree.
+        if self._hasher.needs_rehash(record.secret_hash):
+            new_hash = await self._hasher.hash_in_thread(token)
+            await self._database.update_key_hash(record.key_id, record.secret_hash, new_hash)
+            log.info("key %s rehashed with the current argon2 parameters", record.key_id)
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from this process's cache (a revocation arrived)."""
+        self.local.evict(key_id)

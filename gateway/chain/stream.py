@@ -1,0 +1,115 @@
+"""The stream stage: relay an answer byte for byte, count its tokens, stop when the client goes."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+
+from gateway.chain.route import Endpoint
+from gateway.chain.values import Outcome, Routed
+from gateway.errors import (
+    BadGateway,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    ServiceUnavailable,
+    stream_error_frame,
+)
+from gateway.http import Receive, Request, Responder
+from gateway.upstream.backend import Backend
+from gateway.upstream.usage import NdjsonUsage
+
+NDJSON = b"application/x-ndjson"
+JSON = b"application/json; charset=utf-8"
+
+
+class EndedEarly(BadGateway):
+    message = "the model backend ended the answer early"
+
+
+def upstream_status_error(status: int) -> GatewayError:
+    """Our own error for a backend's error status; its body is never looked at."""
+    if status == 404:
+        return ModelNotFound()
+    if status == 400:
+        return InvalidRequest("the model backend rejected the request")
+    if status in (429, 503):
+        return ServiceUnavailable()
+    return BadGateway()
+
+
+class Relay:
+    """Sends one routed request to a backend and streams the answer to the client."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    async def forward(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        routed: Routed,
+        responder: Responder,
+        receive: Receive,
+    ) -> Outcome:
+        outcome = Outcome()
+        started_s = time.perf_counter()
+        failure: GatewayError | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_when_client_leaves() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                outcome.client_gone = True
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(cancel_when_client_leaves)
+            try:
+                await self._relay(request, endpoint, routed, responder, outcome, started_s)
+            except GatewayError as exc:
+                # Raised outside the task group, so callers see our error, not an ExceptionGroup.
+                failure = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return outcome
+
+    async def _relay(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        routed: Routed,
+        responder: Responder,
+        outcome: Outcome,
+        started_s: float,
+    ) -> None:
+        async with self.backend.post(
+            endpoint.upstream_path, routed.body, request.request_id
+        ) as upstream:
+            if upstream.status != 200:
+                await upstream.discard()
+                raise upstream_status_error(upstream.status)
+            headers = [
+                (b"content-type", NDJSON if routed.stream else JSON),
+                (b"cache-control", b"no-store"),
+            ]
+            await responder.start(200, headers)
+            outcome.status = 200
+            usage = NdjsonUsage()
+            try:
+                async for chunk in upstream.chunks():
+                    if outcome.ttfb_s is None:
+                        outcome.ttfb_s = time.perf_counter() - started_s
+                    usage.feed(chunk)
+                    await responder.chunk(chunk)
+                outcome.usage = usage.finish()
+                if outcome.usage is None:
+                    raise EndedEarly
+            except GatewayError as exc:
+                # Headers are gone already: the only honest signal left is a final error frame.
+                outcome.error_code = exc.code
+                await responder.end(stream_error_frame(exc, request.surface))
+                return
+            await responder.end()

@@ -1,0 +1,124 @@
+"""ASGI primitives: the request view, a capped body read, a response sender that knows its state."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, Surface, error_body
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+JSON = b"application/json"
+_WELL_FORMED_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class Request:
+    """What the chain needs to know about one HTTP request; built once from the ASGI scope."""
+
+    __slots__ = ("client_host", "headers", "method", "path", "raw_path", "request_id", "surface")
+
+    def __init__(self, scope: Scope, request_id_header: bytes) -> None:
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
+        self.headers: Headers = scope["headers"]
+        client = scope.get("client")
+        self.client_host: str | None = client[0] if client else None
+        self.surface = Surface.of(self.path)
+        incoming = self.header(request_id_header)
+        self.request_id: str = (
+            incoming.decode("ascii")
+            if incoming is not None and _WELL_FORMED_ID.match(incoming)
+            else uuid.uuid4().hex
+        )
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a header (`name` in lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers if key == name]
+
+
+async def read_body(request: Request, receive: Receive, max_bytes: int) -> bytes:
+    """The whole request body, refused with 413 as soon as it is known to exceed `max_bytes`."""
+    declared = request.header_values(b"content-length")
+    if len(declared) > 1:
+        raise InvalidRequest("more than one Content-Length header")
+    if declared:
+        if not declared[0].isdigit():
+            raise InvalidRequest("Content-Length is not a number")
+        if int(declared[0]) > max_bytes:
+            raise PayloadTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class ClientDisconnected(Exception):
+    """The client went away; there is nobody left to answer."""
+
+
+class Responder:
+    """Sends one response; remembers whether the status line went out so errors pick their form."""
+
+    __slots__ = ("_send", "request_id", "request_id_header", "started", "status")
+
+    def __init__(self, send: Send, request_id_header: bytes, request_id: str) -> None:
+        self._send = send
+        self.request_id_header = request_id_header
+        self.request_id = request_id
+        self.started = False
+        self.status = 0
+
+    async def start(self, status: int, headers: Headers) -> None:
+        headers.append((self.request_id_header, self.request_id.encode("ascii")))
+        self.started = True
+        self.status = status
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def chunk(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self, data: bytes = b"") -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": False})
+
+    async def whole(self, status: int, body: bytes, content_type: bytes = JSON) -> None:
+        """A complete response with a known length."""
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode("ascii")),
+        ]
+        await self.start(status, headers)
+        await self.end(body)
+
+    async def error(self, error: GatewayError, surface: Surface) -> None:
+        body = error_body(error, surface)
+        headers = [
+            (b"content-type", JSON),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"cache-control", b"no-store"),
+            *error.headers,
+        ]
+        await self.start(error.status, headers)
+        await self.end(body)

@@ -1,0 +1,56 @@
+"""Serving with hypercorn: the gateway (N uvloop workers) and the simulator (one process)."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import anyio
+from hypercorn.config import Config
+from hypercorn.run import run
+
+from gateway.config import Settings
+from gateway.upstream.sim import SimConfig, Simulator
+
+GRACEFUL_TIMEOUT_S = 30.0
+
+
+def configure_logging(settings: Settings) -> None:
+    fmt = (
+        '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
+        if settings.log_format == "json"
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=settings.log_level, format=fmt)
+
+
+def hypercorn_config(host: str, port: int) -> Config:
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    config.accesslog = None
+    config.errorlog = "-"
+    return config
+
+
+def run_gateway(
+    settings: Settings, *, host: str | None, port: int | None, workers: int | None
+) -> None:
+    configure_logging(settings)
+    config = hypercorn_config(host or settings.bind_host, port or settings.bind_port)
+    config.workers = workers or settings.workers
+    config.worker_class = "uvloop"
+    # Workers are separate processes; each builds its own app from the same environment.
+    config.application_path = "gateway.app:create_app()"
+    run(config)
+
+
+def run_simulator(sim_config: SimConfig, *, host: str, port: int) -> None:
+    from hypercorn.asyncio import serve
+
+    config = hypercorn_config(host, port)
+    anyio.run(
+        partial(serve, Simulator(sim_config), config),  # type: ignore[arg-type] # hypercorn's own ASGI typing is narrower than a plain callable
+        backend="asyncio",
+        backend_options={"use_uvloop": True},
+    )

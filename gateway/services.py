@@ -1,0 +1,146 @@
+"""Everything the gateway holds while it runs, built in one place and torn down in reverse."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+
+import anyio
+import msgspec
+
+from gateway.chain.auth import Authenticator, LocalKeyCache
+from gateway.chain.stream import Relay
+from gateway.config import Settings
+from gateway.errors import ServiceUnavailable
+from gateway.keys import KeyHasher
+from gateway.store.pg import Database
+from gateway.store.redis import Cache
+from gateway.upstream.backend import Backend
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 2.0
+
+
+class Readiness(msgspec.Struct):
+    postgres: bool
+    redis: bool
+    backend: bool
+
+    @property
+    def ready(self) -> bool:
+        return self.postgres and self.redis and self.backend
+
+
+def hasher_for(settings: Settings) -> KeyHasher:
+    return KeyHasher(
+        time_cost=settings.argon2_time_cost,
+        memory_cost_kib=settings.argon2_memory_cost_kib,
+        parallelism=settings.argon2_parallelism,
+        max_concurrent_verifies=settings.argon2_max_concurrent_verifies,
+    )
+
+
+class Services:
+    """The pools, clients and chain stages of one running gateway; passed down explicitly."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        cache: Cache,
+        backend: Backend,
+        authenticator: Authenticator,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.cache = cache
+        self.backend = backend
+        self.authenticator = authenticator
+        self.relay = Relay(backend)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[Services]:
+        async with AsyncExitStack() as stack:
+            database = await stack.enter_async_context(
+                Database.open(
+                    settings.database_url.reveal(),
+                    pool_size=settings.database_pool_size,
+                    timeout_s=settings.database_timeout_s,
+                )
+            )
+            cache = await stack.enter_async_context(
+                Cache.open(
+                    settings.redis_url.reveal(),
+                    prefix=settings.redis_key_prefix,
+                    timeout_s=settings.redis_timeout_s,
+                )
+            )
+            token = settings.ollama_auth_token
+            backend = await stack.enter_async_context(
+                Backend.open(
+                    "default",
+                    settings.ollama_url,
+                    auth_header=settings.ollama_auth_header,
+                    auth_value=(
+                        f"{settings.ollama_auth_scheme} {token.reveal()}".strip() if token else None
+                    ),
+                    connect_timeout_s=settings.ollama_connect_timeout_s,
+                    read_timeout_s=settings.ollama_read_timeout_s,
+                    max_connections=settings.ollama_max_connections,
+                )
+            )
+            authenticator = Authenticator(
+                key_prefix=settings.key_prefix,
+                hasher=hasher_for(settings),
+                database=database,
+                cache=cache,
+                local=LocalKeyCache(
+                    ttl_s=settings.local_key_cache_ttl_s,
+                    max_entries=settings.local_key_cache_size,
+                    clock=time.monotonic,
+                ),
+                shared_ttl_s=settings.redis_key_cache_ttl_s,
+            )
+            services = cls(settings, database, cache, backend, authenticator)
+            async with anyio.create_task_group() as tg:
+                await tg.start(services._follow_revocations, tg)
+                try:
+                    yield services
+                finally:
+                    tg.cancel_scope.cancel()
+
+    async def _follow_revocations(
+        self, tg: anyio.abc.TaskGroup, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        def revoked(key_id: str) -> None:
+            self.authenticator.forget(key_id)
+            tg.start_soon(self._evict_shared, key_id)
+
+        await self.database.listen_revocations(
+            revoked, self.authenticator.local.clear, task_status=task_status
+        )
+
+    async def _evict_shared(self, key_id: str) -> None:
+        try:
+            await self.cache.evict_key(key_id)
+        except ServiceUnavailable:
+            # The revoking CLI evicts too, and the shared entry's TTL bounds the rest.
+            log.warning("could not evict revoked key %s from Redis", key_id)
+
+    async def readiness(self) -> Readiness:
+        """Probe every dependency at once; the slowest answer bounds the wait."""
+        results: dict[str, bool] = {}
+
+        async def probe(name: str, check: Callable[[], Awaitable[bool]]) -> None:
+            results[name] = await check()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(probe, "postgres", self.database.ping)
+            tg.start_soon(probe, "redis", self.cache.ping)
+            tg.start_soon(probe, "backend", partial(self.backend.ping, READY_TIMEOUT_S))
+        return Readiness(**results)

@@ -1,0 +1,209 @@
+"""Postgres through a psycopg pool; the only module that sees psycopg's exceptions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+import psycopg
+import psycopg.errors
+import psycopg_pool
+from psycopg.rows import kwargs_row
+
+from gateway.errors import ServiceUnavailable
+from gateway.store import queries
+
+log = logging.getLogger(__name__)
+Row = TypeVar("Row")
+
+
+class Conflict(Exception):
+    """A row with the same unique name exists already."""
+
+
+class Rejected(Exception):
+    """The schema refused a value (a CHECK constraint)."""
+
+
+class KeyRecord(msgspec.Struct, frozen=True):
+    key_id: str
+    key_name: str
+    tenant_id: str
+    tenant_name: str
+    secret_hash: str
+    previous_secret_hash: str | None
+    previous_secret_expires_at: datetime | None
+    expires_at: datetime | None
+    revoked: bool
+    tenant_disabled: bool
+
+
+class TenantRow(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    created_at: datetime
+    active_keys: int = 0
+
+
+class KeyRow(msgspec.Struct, frozen=True):
+    key_id: str
+    name: str
+    tenant: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@contextmanager
+def _mapped() -> Iterator[None]:
+    try:
+        yield
+    except psycopg.errors.UniqueViolation:
+        raise Conflict from None
+    except (psycopg.errors.CheckViolation, psycopg.errors.DataError) as exc:
+        raise Rejected(exc.diag.constraint_name or "invalid value") from None
+    except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError, OSError):
+        raise ServiceUnavailable from None
+
+
+class Database:
+    """A connection pool with a deadline on every call; psycopg errors leave as ours."""
+
+    def __init__(self, pool: psycopg_pool.AsyncConnectionPool, conninfo: str, timeout_s: float):
+        self._pool = pool
+        self._conninfo = conninfo
+        self.timeout_s = timeout_s
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, conninfo: str, *, pool_size: int, timeout_s: float
+    ) -> AsyncIterator[Database]:
+        # Not waiting for the first connection: a gateway that starts while Postgres is down
+        # still serves cached keys and reports itself unready.
+        pool = psycopg_pool.AsyncConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=timeout_s,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout_s))},
+        )
+        await pool.open(wait=False)
+        try:
+            yield cls(pool, conninfo, timeout_s)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.close(timeout=timeout_s)
+
+    async def _fetch(self, factory: Callable[..., Row], sql: str, **params: Any) -> list[Row]:
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            async with self._pool.connection() as conn:
+                cursor = conn.cursor(row_factory=kwargs_row(factory))
+                await cursor.execute(sql, params)
+                return await cursor.fetchall()
+
+    async def _execute(self, sql: str, **params: Any) -> int:
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(sql, params)
+                return cursor.rowcount
+
+    async def ping(self) -> bool:
+        try:
+            await self._execute(queries.PING)
+        except ServiceUnavailable:
+            return False
+        return True
+
+    async def find_key(self, key_id: str) -> KeyRecord | None:
+        rows = await self._fetch(KeyRecord, queries.FIND_KEY, key_id=key_id)
+        return rows[0] if rows else None
+
+    async def update_key_hash(self, key_id: str, old_hash: str, new_hash: str) -> None:
+        await self._execute(
+            queries.UPDATE_KEY_HASH, key_id=key_id, old_hash=old_hash, secret_hash=new_hash
+        )
+
+    async def create_tenant(self, name: str) -> TenantRow:
+        return (await self._fetch(TenantRow, queries.CREATE_TENANT, name=name))[0]
+
+    async def list_tenants(self) -> list[TenantRow]:
+        return await self._fetch(TenantRow, queries.LIST_TENANTS)
+
+    async def tenant_id(self, name: str) -> str | None:
+        rows = await self._fetch(_Id, queries.FIND_TENANT_ID, name=name)
+        return str(rows[0].id) if rows else None
+
+    async def create_key(
+        self,
+        *,
+        key_id: str,
+        tenant_id: str,
+        name: str,
+        secret_hash: str,
+        expires_at: datetime | None,
+    ) -> datetime:
+        rows = await self._fetch(
+            _Created,
+            queries.CREATE_KEY,
+            key_id=key_id,
+            tenant_id=tenant_id,
+            name=name,
+            secret_hash=secret_hash,
+            expires_at=expires_at,
+        )
+        return rows[0].created_at
+
+    async def list_keys(self, tenant: str | None) -> list[KeyRow]:
+        return await self._fetch(KeyRow, queries.LIST_KEYS, tenant=tenant)
+
+    async def revoke_key(self, key_id: str, reason: str | None) -> bool | None:
+        """True when revoked now, False when it was already revoked, None when no such key."""
+        if await self._execute(queries.REVOKE_KEY, key_id=key_id, reason=reason):
+            return True
+        return False if await self._fetch(_Revoked, queries.KEY_EXISTS, key_id=key_id) else None
+
+    async def listen_revocations(
+        self,
+        on_revoked: Callable[[str], None],
+        on_gap: Callable[[], None],
+        *,
+        retry_s: float = 1.0,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Calls `on_revoked(key_id)` for every revocation on any replica, forever.
+
+        While the connection is down a revocation can be missed, so every reconnect calls
+        `on_gap()` first: the caller drops what it cached rather than trust it.
+        """
+        task_status.started()
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=max(1, round(self.timeout_s))
+                ) as conn:
+                    await conn.execute(queries.LISTEN_REVOCATIONS)
+                    on_gap()
+                    async for notice in conn.notifies():
+                        on_revoked(notice.payload)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("revocation listener lost Postgres: %s", type(exc).__name__)
+            await anyio.sleep(retry_s)
+
+
+class _Id(msgspec.Struct):
+    id: Any
+
+
+class _Created(msgspec.Struct):
+    created_at: datetime
+
+
+class _Revoked(msgspec.Struct):
+    revoked_at: datetime | None

@@ -1,0 +1,71 @@
+"""Redis through redis-py's asyncio client; the only module that sees redis-py's exceptions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import anyio
+import redis.asyncio
+import redis.exceptions
+
+from gateway.errors import ServiceUnavailable
+
+
+@contextmanager
+def _mapped() -> Iterator[None]:
+    try:
+        yield
+    except (redis.exceptions.RedisError, OSError, TimeoutError):
+        raise ServiceUnavailable from None
+
+
+class Cache:
+    """The shared cache of resolved keys, keyed so that one DEL evicts every form of a key."""
+
+    def __init__(self, client: redis.asyncio.Redis, prefix: str, timeout_s: float) -> None:
+        self._client = client
+        self._prefix = prefix
+        self.timeout_s = timeout_s
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, url: str, *, prefix: str, timeout_s: float) -> AsyncIterator[Cache]:
+        client = redis.asyncio.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=30,
+        )
+        try:
+            yield cls(client, prefix, timeout_s)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+
+    def _key_entry(self, key_id: str) -> str:
+        return f"{self._prefix}:key:{key_id}"
+
+    async def ping(self) -> bool:
+        try:
+            with _mapped(), anyio.fail_after(self.timeout_s):
+                return bool(await self._client.ping())
+        except ServiceUnavailable:
+            return False
+
+    async def get_principal(self, key_id: str, digest: bytes) -> bytes | None:
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            value = await self._client.hget(self._key_entry(key_id), digest)
+            return value if isinstance(value, bytes) else None
+
+    async def put_principal(self, key_id: str, digest: bytes, blob: bytes, ttl_s: int) -> None:
+        name = self._key_entry(key_id)
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(name, digest, blob)
+                pipe.expire(name, ttl_s)
+                await pipe.execute()
+
+    async def evict_key(self, key_id: str) -> None:
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            await self._client.delete(self._key_entry(key_id))

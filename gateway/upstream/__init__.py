@@ -1,0 +1,1 @@
+"""Upstream backends: pools, discovery, health, usage injection, and the Ollama simulator."""

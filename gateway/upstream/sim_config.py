@@ -1,0 +1,43 @@
+"""The simulator's settings and the counters it keeps about what it was asked."""
+
+import msgspec
+
+FAIL_MESSAGE = "internal sim failure: SECRET-UPSTREAM-DETAIL"
+REDACTED = "<redacted>"
+
+
+class SimConfig(msgspec.Struct, frozen=True):
+    """How the simulator behaves: its models, pace, and which failure it injects."""
+
+    models: tuple[str, ...] = ("llama3.2:1b", "qwen2.5:0.5b")
+    chunks: int = 8  # completion tokens per answer
+    token_delay_ms: float = 0.0  # between streamed tokens
+    ttft_ms: float = 0.0  # before the first token
+    version: str = "0.6.5"
+    required_token: str | None = None  # demand `Authorization: Bearer <token>` on every request
+    fail_status: int | None = None  # every model endpoint answers this status, FAIL_MESSAGE
+    die_after_chunks: int | None = None  # streams drop the connection after this many tokens
+
+    def __post_init__(self) -> None:
+        if self.chunks < 0 or (self.die_after_chunks is not None and self.die_after_chunks < 0):
+            raise ValueError("chunks and die_after_chunks must not be negative")
+        if self.token_delay_ms < 0 or self.ttft_ms < 0:
+            raise ValueError("delays must not be negative")
+        if self.fail_status is not None and not 400 <= self.fail_status <= 599:
+            raise ValueError("fail_status must be an HTTP error status (400-599)")
+
+    def __repr__(self) -> str:
+        shown = {name: getattr(self, name) for name in self.__struct_fields__}
+        if self.required_token is not None:
+            shown["required_token"] = REDACTED
+        return f"SimConfig({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
+
+
+class SimStats(msgspec.Struct):
+    """What the simulator has seen, for tests that must observe the upstream side."""
+
+    requests: int = 0
+    streams_open: int = 0
+    streams_finished: int = 0
+    streams_cancelled: int = 0  # the client went away mid-stream
+    streams_crashed: int = 0  # dropped on purpose by die_after_chunks
