@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -109,15 +110,12 @@ def sim(
     from gateway.server import run_simulator
     from gateway.upstream.sim import SimConfig
 
-    names = tuple(name.strip() for name in models.split(",") if name.strip()) if models else None
+    names = tuple(name.strip() for name in (models or "").split(",") if name.strip())
     try:
-        config = SimConfig(
-            **({"models": names} if names else {}),
-            chunks=chunks,
-            token_delay_ms=token_delay_ms,
-            ttft_ms=ttft_ms,
-        )
-    except (TypeError, ValueError) as exc:
+        config = SimConfig(chunks=chunks, token_delay_ms=token_delay_ms, ttft_ms=ttft_ms)
+        if names:
+            config = msgspec.structs.replace(config, models=names)
+    except ValueError as exc:
         raise CliError(f"invalid simulator settings: {exc}", 2) from None
     run_simulator(config, host=host, port=port)
 
@@ -293,6 +291,8 @@ async def _evict_shared(settings: Settings, key_id: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    # The pool's own retry warnings would repeat, less clearly, the one line we print.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     try:
         app(list(argv) if argv is not None else None, exit_on_error=True)
     except CliError as exc:

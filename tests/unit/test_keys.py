@@ -23,7 +23,9 @@ alnum = st.text(alphabet=ALPHABET, min_size=1, max_size=60)
 
 
 def cheap_hasher(time_cost: int = 1) -> KeyHasher:
-    return KeyHasher(time_cost=time_cost, memory_cost_kib=64, parallelism=1, max_concurrent_verifies=2)
+    return KeyHasher(
+        time_cost=time_cost, memory_cost_kib=64, parallelism=1, max_concurrent_verifies=2
+    )
 
 
 @given(prefixes)

@@ -1,0 +1,278 @@
+"""The auth stage against real Postgres and Redis: lookup order, refusals, rotation, rehash."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from gateway.chain.auth import Authenticator, LocalKeyCache, bearer_token
+from gateway.errors import ServiceUnavailable, Unauthorized
+from gateway.keys import KeyHasher, generate_key
+from gateway.store.pg import Database
+from gateway.store.redis import Cache
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def hasher(time_cost: int = 1) -> KeyHasher:
+    return KeyHasher(
+        time_cost=time_cost, memory_cost_kib=64, parallelism=1, max_concurrent_verifies=2
+    )
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with Database.open(database_url, pool_size=2, timeout_s=5) as database:
+        yield database
+
+
+@pytest.fixture
+async def cache(redis_url: str, redis_prefix: str) -> AsyncIterator[Cache]:
+    async with Cache.open(redis_url, prefix=redis_prefix, timeout_s=2) as cache:
+        yield cache
+
+
+def sql(url: str, statement: str, *params: object) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement, params)  # type: ignore[arg-type] # a literal query, typed as str
+
+
+async def new_key(database: Database, tenant: str = "acme", **columns: object) -> str:
+    tenant_id = await database.tenant_id(tenant) or (await database.create_tenant(tenant)).id
+    issued = generate_key("gw")
+    await database.create_key(
+        key_id=issued.key_id,
+        tenant_id=tenant_id,
+        name=f"k{issued.key_id.lower()}",
+        secret_hash=hasher().hash(issued.full_key),
+        expires_at=None,
+    )
+    return issued.full_key
+
+
+def authenticator(
+    database: Database,
+    cache: Cache,
+    *,
+    key_hasher: KeyHasher | None = None,
+    wall: FakeClock | None = None,
+    monotonic: FakeClock | None = None,
+) -> Authenticator:
+    return Authenticator(
+        key_prefix="gw",
+        hasher=key_hasher or hasher(),
+        database=database,
+        cache=cache,
+        local=LocalKeyCache(ttl_s=10, max_entries=100, clock=monotonic or FakeClock(0)),
+        shared_ttl_s=60,
+        wall_clock=wall or FakeClock(datetime.now(UTC).timestamp()),
+    )
+
+
+def bearer(key: str) -> list[bytes]:
+    return [f"Bearer {key}".encode()]
+
+
+async def test_a_valid_key_resolves_and_is_served_from_caches_afterwards(
+    database: Database, cache: Cache, database_url: str
+) -> None:
+    key = await new_key(database)
+    auth = authenticator(database, cache)
+    principal = await auth.authenticate(bearer(key))
+    assert principal.tenant_name == "acme"
+    assert principal.key_id == key[3:15]
+    assert principal.expires_at_s is None
+    # Gone from Postgres, still answered: first from this process, then from Redis.
+    sql(database_url, "DELETE FROM gateway.api_keys WHERE id = %s", key[3:15])
+    assert await auth.authenticate(bearer(key)) == principal
+    assert await authenticator(database, cache).authenticate(bearer(key)) == principal
+    # A different secret under the same id is not the cached key: it goes to Postgres and fails.
+    other = key[:-1] + ("x" if key[-1] != "x" else "y")
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(bearer(other))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        [],
+        [b"Bearer"],
+        [b"Basic abc"],
+        [b"Bearer gw_short"],
+        [b"Bearer caf\xc3\xa9"],
+        [b"Bearer a", b"Bearer b"],
+    ],
+)
+async def test_malformed_headers_are_refused(
+    database: Database, cache: Cache, header: list[bytes]
+) -> None:
+    with pytest.raises(Unauthorized):
+        await authenticator(database, cache).authenticate(header)
+
+
+def test_bearer_token_parsing() -> None:
+    assert bearer_token([b"Bearer abc"]) == "abc"
+    assert bearer_token([b"bearer  abc "]) == "abc"
+    assert bearer_token([b"Token abc"]) is None
+    assert bearer_token([b"Bearer abc", b"Bearer abc"]) is None
+
+
+async def test_unknown_revoked_disabled_and_expired_keys_are_refused(
+    database: Database, cache: Cache, database_url: str
+) -> None:
+    auth = authenticator(database, cache)
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(bearer(generate_key("gw").full_key))
+    revoked = await new_key(database)
+    assert await database.revoke_key(revoked[3:15], "leaked") is True
+    assert await database.revoke_key(revoked[3:15], "again") is False
+    assert await database.revoke_key("nosuchkey123", None) is None
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(bearer(revoked))
+    disabled = await new_key(database, tenant="gone")
+    sql(database_url, "UPDATE gateway.tenants SET disabled_at = now() WHERE name = 'gone'")
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(bearer(disabled))
+    expired = await new_key(database)
+    sql(
+        database_url,
+        "UPDATE gateway.api_keys SET expires_at = now() - interval '1 minute' WHERE id = %s",
+        expired[3:15],
+    )
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(bearer(expired))
+
+
+async def test_a_cached_key_stops_working_when_it_expires(
+    database: Database, cache: Cache, database_url: str
+) -> None:
+    key = await new_key(database)
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    sql(
+        database_url,
+        "UPDATE gateway.api_keys SET expires_at = %s WHERE id = %s",
+        expires,
+        key[3:15],
+    )
+    wall = FakeClock(datetime.now(UTC).timestamp())
+    auth = authenticator(database, cache, wall=wall)
+    assert (await auth.authenticate(bearer(key))).expires_at_s == expires.timestamp()
+    wall.now = expires.timestamp() + 1
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(bearer(key))
+
+
+async def test_a_rotated_out_secret_works_only_during_its_grace(
+    database: Database, cache: Cache, database_url: str
+) -> None:
+    old = await new_key(database)
+    key_id = old[3:15]
+    new = f"gw_{key_id}{generate_key('gw').full_key[15:]}"
+    grace_end = datetime.now(UTC) + timedelta(minutes=5)
+    sql(
+        database_url,
+        "UPDATE gateway.api_keys SET previous_secret_hash = secret_hash, secret_hash = %s, "
+        "previous_secret_expires_at = %s WHERE id = %s",
+        hasher().hash(new),
+        grace_end,
+        key_id,
+    )
+    auth = authenticator(database, cache)
+    assert (await auth.authenticate(bearer(new))).expires_at_s is None
+    assert (await auth.authenticate(bearer(old))).expires_at_s == grace_end.timestamp()
+    sql(
+        database_url,
+        "UPDATE gateway.api_keys SET previous_secret_expires_at = now() - interval '1 s' "
+        "WHERE id = %s",
+        key_id,
+    )
+    await cache.evict_key(key_id)
+    with pytest.raises(Unauthorized):
+        await authenticator(database, cache).authenticate(bearer(old))
+
+
+async def test_a_grace_that_outlives_the_key_is_cut_at_the_keys_expiry(
+    database: Database, cache: Cache, database_url: str
+) -> None:
+    old = await new_key(database)
+    key_id = old[3:15]
+    expires = datetime.now(UTC) + timedelta(minutes=1)
+    sql(
+        database_url,
+        "UPDATE gateway.api_keys SET previous_secret_hash = secret_hash, secret_hash = 'x', "
+        "previous_secret_expires_at = now() + interval '1 hour', expires_at = %s WHERE id = %s",
+        expires,
+        key_id,
+    )
+    principal = await authenticator(database, cache).authenticate(bearer(old))
+    assert principal.expires_at_s == expires.timestamp()
+
+
+async def test_a_hash_with_old_parameters_is_replaced_on_use(
+    database: Database, cache: Cache, database_url: str
+) -> None:
+    key = await new_key(database)
+    stronger = hasher(time_cost=2)
+    await authenticator(database, cache, key_hasher=stronger).authenticate(bearer(key))
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT secret_hash FROM gateway.api_keys WHERE id = %s", (key[3:15],)
+        ).fetchone()
+    assert row is not None
+    assert not stronger.needs_rehash(row[0])
+    assert await stronger.verify(row[0], key)
+
+
+async def test_an_unreachable_store_denies_with_503(
+    database: Database, own_redis: object, database_url: str
+) -> None:
+    key = await new_key(database)
+    async with Cache.open(own_redis.url, prefix="t", timeout_s=1) as cache:  # type: ignore[attr-defined] # the fixture's server object
+        own_redis.stop()  # type: ignore[attr-defined] # the fixture's server object
+        with pytest.raises(ServiceUnavailable):
+            await authenticator(database, cache).authenticate(bearer(key))
+    async with (
+        Cache.open("redis://127.0.0.1:1/0", prefix="t", timeout_s=1) as dead_cache,
+        Database.open("postgresql://postgres@127.0.0.1:1/x", pool_size=1, timeout_s=1) as dead,
+    ):
+        assert not await dead.ping()
+        assert not await dead_cache.ping()
+        with pytest.raises(ServiceUnavailable):
+            await dead.find_key("abcdefghijkl")
+
+
+def test_the_local_cache_is_bounded_and_ages_out() -> None:
+    clock = FakeClock(0)
+    local = LocalKeyCache(ttl_s=10, max_entries=2, clock=clock)
+    principal = object()
+    local.put("a", b"1", principal)  # type: ignore[arg-type] # any value will do here
+    local.put("b", b"2", principal)  # type: ignore[arg-type] # any value will do here
+    local.put("c", b"3", principal)  # type: ignore[arg-type] # any value will do here
+    assert local.get("a", b"1") is None
+    assert local.get("b", b"2") is principal
+    assert local.get("b", b"wrong") is None
+    clock.now = 10
+    assert local.get("b", b"2") is None
+    assert local.get("c", b"3") is None
+    local.put("d", b"4", principal)  # type: ignore[arg-type] # any value will do here
+    local.evict("d")
+    assert local.get("d", b"4") is None
+    local.put("e", b"5", principal)  # type: ignore[arg-type] # any value will do here
+    local.clear()
+    assert local.get("e", b"5") is None

@@ -1,0 +1,139 @@
+"""The operator's CLI: a contract scripts rely on (output, --json, exit codes, no tracebacks)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import msgspec
+import pytest
+
+FAST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST_KIB": "64", "ARGON2_PARALLELISM": "1"}
+
+
+def gateway(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        env={**clean, **FAST_ARGON2, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr
+    return result
+
+
+@pytest.fixture
+def env(database_url: str, redis_url: str, redis_prefix: str) -> dict[str, str]:
+    return {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": redis_prefix}
+
+
+def test_tenants_are_created_once_and_listed(env: dict[str, str]) -> None:
+    created = gateway(env, "tenants", "create", "acme", "--json")
+    assert created.returncode == 0
+    assert msgspec.json.decode(created.stdout)["name"] == "acme"
+    again = gateway(env, "tenants", "create", "acme")
+    assert again.returncode == 1
+    assert again.stderr.strip() == "error: tenant 'acme' already exists"
+    bad = gateway(env, "tenants", "create", "Not A Name")
+    assert bad.returncode == 2
+    assert "invalid tenant name" in bad.stderr
+    listed = msgspec.json.decode(gateway(env, "tenants", "list", "--json").stdout)
+    assert [(t["name"], t["active_keys"]) for t in listed] == [("acme", 0)]
+    table = gateway(env, "tenants", "list").stdout.splitlines()
+    assert table[0].split() == ["name", "id", "active", "keys", "created"]
+    assert table[1].startswith("acme ")
+
+
+def test_a_key_is_shown_once_and_never_listed(env: dict[str, str]) -> None:
+    assert gateway(env, "tenants", "create", "acme").returncode == 0
+    human = gateway(env, "keys", "create", "--tenant", "acme", "--name", "ci")
+    assert human.returncode == 0
+    key = human.stdout.strip().splitlines()[-1]
+    assert key.startswith("gw_")
+    assert len(key) == 3 + 44
+    assert "only time the key is shown" in human.stdout
+    as_json = msgspec.json.decode(
+        gateway(
+            env,
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--name",
+            "bot",
+            "--expires-in",
+            "30d",
+            "--json",
+        ).stdout
+    )
+    assert as_json["key"].startswith(as_json["prefix"])
+    assert as_json["expires_at"] is not None
+    listing = gateway(env, "keys", "list", "--json").stdout + gateway(env, "keys", "list").stdout
+    assert key[:15] in listing
+    assert key[15:] not in listing
+    assert as_json["key"][15:] not in listing
+    rows = msgspec.json.decode(gateway(env, "keys", "list", "--tenant", "acme", "--json").stdout)
+    assert sorted(r["name"] for r in rows) == ["bot", "ci"]
+    assert gateway(env, "keys", "list", "--tenant", "other", "--json").stdout.strip() == "[]"
+
+
+def test_key_errors_are_one_clear_line(env: dict[str, str]) -> None:
+    unknown = gateway(env, "keys", "create", "--tenant", "ghost", "--name", "x")
+    assert (unknown.returncode, unknown.stderr.strip()) == (1, "error: no tenant named 'ghost'")
+    assert gateway(env, "tenants", "create", "acme").returncode == 0
+    assert gateway(env, "keys", "create", "--tenant", "acme", "--name", "x").returncode == 0
+    dup = gateway(env, "keys", "create", "--tenant", "acme", "--name", "x")
+    assert (dup.returncode, dup.stderr.strip()) == (
+        1,
+        "error: tenant 'acme' already has a key named 'x'",
+    )
+    bad_expiry = gateway(
+        env, "keys", "create", "--tenant", "acme", "--name", "y", "--expires-in", "soon"
+    )
+    assert bad_expiry.returncode == 2
+    assert "invalid duration 'soon'" in bad_expiry.stderr
+    missing = gateway(env, "keys", "revoke", "gw_AAAAAAAAAAAA")
+    assert (missing.returncode, missing.stderr.strip()) == (
+        1,
+        "error: no key with prefix 'gw_AAAAAAAAAAAA'",
+    )
+
+
+def test_revoking_twice_says_so(env: dict[str, str]) -> None:
+    assert gateway(env, "tenants", "create", "acme").returncode == 0
+    created = gateway(env, "keys", "create", "--tenant", "acme", "--name", "x", "--json")
+    prefix = msgspec.json.decode(created.stdout)["prefix"]
+    first = gateway(env, "keys", "revoke", prefix, "--reason", "leaked")
+    assert (first.returncode, first.stdout.strip()) == (0, f"revoked key {prefix}")
+    second = gateway(env, "keys", "revoke", prefix)
+    assert (second.returncode, second.stdout.strip()) == (0, f"key {prefix} was already revoked")
+    rows = msgspec.json.decode(gateway(env, "keys", "list", "--json").stdout)
+    assert rows[0]["revoked_at"] is not None
+
+
+def test_an_unreachable_database_is_reported_without_secrets() -> None:
+    env = {"DATABASE_URL": "postgresql://admin:hunter2@127.0.0.1:1/gw"}
+    for args in (("tenants", "list"), ("migrate",)):
+        result = gateway(env, *args)
+        assert result.returncode == 1
+        assert result.stderr.startswith("error: ")
+        assert "hunter2" not in result.stderr + result.stdout
+    missing = gateway({}, "tenants", "list")
+    assert (missing.returncode, missing.stderr.strip()) == (
+        2,
+        "error: DATABASE_URL: required but not set",
+    )
+
+
+def test_migrate_applies_once_and_reports_status(empty_database_url: str) -> None:
+    env = {"DATABASE_URL": empty_database_url}
+    first = gateway(env, "migrate")
+    assert (first.returncode, first.stdout.strip()) == (0, "applied 1 migration(s): 0001_init.sql")
+    assert gateway(env, "migrate").stdout.strip() == "applied 0 migration(s)"
+    status = gateway(env, "migrate", "--status").stdout.splitlines()
+    assert status[1].split()[0] == "0001_init.sql"
+    assert status[1].split()[-1] == "ok"
