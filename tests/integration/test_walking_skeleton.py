@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+import anyio
 import httpx
 import msgspec
 import psycopg
@@ -273,3 +274,26 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
         "status": "ready",
         "checks": {"postgres": True, "redis": True, "backend": True},
     }
+
+
+async def test_a_client_leaving_mid_stream_stops_the_backend(
+    env: dict[str, str], serve_app: Callable[[Any], str], key: str
+) -> None:
+    from gateway.upstream.sim import SimConfig, Simulator
+
+    sim = Simulator(SimConfig(chunks=200, token_delay_ms=20))
+    sim_url = serve_app(sim)
+    url = serve_app(Gateway(load_settings({**env, "OLLAMA_URL": sim_url})))
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+        client.stream("POST", "/api/chat", json=CHAT, headers=auth(key)) as resp,
+    ):
+        lines = resp.aiter_lines()
+        assert (await anext(lines)).startswith('{"model"')
+        await anext(lines)
+    deadline = time.monotonic() + 5
+    # The simulator counts in its own thread; poll it, bounded.
+    while sim.stats.streams_cancelled == 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await anyio.sleep(0.05)
+    assert sim.stats.streams_cancelled == 1
+    assert sim.stats.streams_finished == 0

@@ -1,0 +1,70 @@
+"""The real `ollama` client library, pointed at a served gateway with a CLI-made key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ollama
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import load_settings
+from tests.integration.test_walking_skeleton import create_key
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+FAST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST_KIB": "64", "ARGON2_PARALLELISM": "1"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def served(
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    simulator_url: str,
+    serve_app: Callable[[Any], str],
+) -> tuple[str, str]:
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": redis_prefix,
+        "OLLAMA_URL": simulator_url,
+        **FAST_ARGON2,
+    }
+    return serve_app(Gateway(load_settings(env))), create_key(env)
+
+
+async def test_the_ollama_client_streams_a_chat(served: tuple[str, str]) -> None:
+    url, key = served
+    async with ollama.AsyncClient(host=url, headers={"Authorization": f"Bearer {key}"}) as client:
+        parts = [
+            part
+            async for part in await client.chat(
+                model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        ]
+    assert "".join(p.message.content or "" for p in parts) == "".join(f"tok{i} " for i in range(8))
+    assert parts[-1].done
+    assert parts[-1].eval_count == 8
+
+
+async def test_the_ollama_client_generates_and_sees_our_errors(served: tuple[str, str]) -> None:
+    url, key = served
+    async with ollama.AsyncClient(host=url, headers={"Authorization": f"Bearer {key}"}) as client:
+        answer = await client.generate(model="llama3.2:1b", prompt="hi", options={"num_predict": 2})
+        assert answer.response == "tok0 tok1 "
+        assert answer.done_reason == "length"
+        with pytest.raises(ollama.ResponseError) as refused:
+            await client.pull("llama3.2:1b")
+    assert refused.value.status_code == 403
+    assert refused.value.error == "this endpoint is not available through the gateway"
+    async with ollama.AsyncClient(host=url, headers={"Authorization": "Bearer no"}) as stranger:
+        with pytest.raises(ollama.ResponseError) as unauthorized:
+            await stranger.chat(model="llama3.2:1b", messages=[])
+    assert unauthorized.value.status_code == 401
