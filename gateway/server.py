@@ -29,6 +29,8 @@ def hypercorn_config(host: str, port: int) -> Config:
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
     config.accesslog = None
+    # No software banner for scanners to match against advisories.
+    config.include_server_header = False
     config.errorlog = "-"
     return config
 

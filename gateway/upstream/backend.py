@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
+import aiohttp
 import anyio
 import httpx
 from httpx_aiohttp import AiohttpTransport
@@ -49,11 +50,27 @@ class UpstreamResponse:
 
 
 class Backend:
-    """A named base URL with its credentials, timeouts and connection pool."""
+    """A named base URL with its credentials, timeouts and connection pool.
 
-    def __init__(self, name: str, client: httpx.AsyncClient) -> None:
+    Requests go straight to the transport: httpx's client layer would add cookie storage
+    (shared across tenants), redirect and auth machinery we never want, and its CPU cost.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        transport: AiohttpTransport,
+        headers: list[tuple[bytes, bytes]],
+        timeout_s: dict[str, float],
+    ) -> None:
         self.name = name
-        self._client = client
+        self._base_url = httpx.URL(base_url)
+        self._transport = transport
+        self._headers = headers
+        self._timeout_s = timeout_s
+        # Parsing and joining URLs costs more than the rest of building a request.
+        self._urls: dict[str, httpx.URL] = {}
 
     @classmethod
     @asynccontextmanager
@@ -68,35 +85,51 @@ class Backend:
         read_timeout_s: float,
         max_connections: int,
     ) -> AsyncIterator[Backend]:
-        headers = {auth_header: auth_value} if auth_header and auth_value else {}
-        limits = httpx.Limits(max_connections=max_connections)
-        client = httpx.AsyncClient(
-            base_url=base_url,
-            headers=headers,
-            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            transport=AiohttpTransport(limits=limits, trust_env=False),
-            trust_env=False,
-            follow_redirects=False,
-        )
+        headers = [(b"content-type", b"application/json")]
+        if auth_header and auth_value:
+            headers.append((auth_header.lower().encode("ascii"), auth_value.encode("latin-1")))
+
+        def session() -> aiohttp.ClientSession:
+            # No cookie jar: a backend's cookies must never ride along on another tenant's call.
+            return aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=max_connections),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+
+        transport = AiohttpTransport(client=session)
+        timeout_s = {
+            "connect": connect_timeout_s,
+            "read": read_timeout_s,
+            "write": read_timeout_s,
+            "pool": connect_timeout_s,
+        }
         try:
-            yield cls(name, client)
+            yield cls(name, base_url, transport, headers, timeout_s)
         finally:
             with anyio.CancelScope(shield=True):
-                await client.aclose()
+                await transport.aclose()
+
+    async def _send(self, method: str, path: str, body: bytes, request_id: str) -> httpx.Response:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = self._base_url.join(path)
+        request = httpx.Request(
+            method,
+            url,
+            headers=[*self._headers, (b"x-request-id", request_id.encode("ascii"))],
+            content=body,
+            extensions={"timeout": self._timeout_s},
+        )
+        with _mapped():
+            return await self._transport.handle_async_request(request)
 
     @asynccontextmanager
     async def post(
         self, path: str, body: bytes, request_id: str
     ) -> AsyncIterator[UpstreamResponse]:
         """POST and hand over the response before its body is read; always closes it."""
-        request = self._client.build_request(
-            "POST",
-            path,
-            content=body,
-            headers={"content-type": "application/json", "x-request-id": request_id},
-        )
-        with _mapped():
-            response = await self._client.send(request, stream=True)
+        response = await self._send("POST", path, body, request_id)
         try:
             yield UpstreamResponse(response)
         finally:
@@ -106,8 +139,9 @@ class Backend:
 
     async def ping(self, timeout_s: float) -> bool:
         try:
-            with anyio.fail_after(timeout_s), _mapped():
-                response = await self._client.get("/api/version")
+            with anyio.fail_after(timeout_s):
+                response = await self._send("GET", "/api/version", b"", "readiness")
+                await response.aclose()
         except (BadGateway, GatewayTimeout, TimeoutError):
             return False
         return response.status_code == 200
