@@ -142,7 +142,7 @@ def migrate(*, status: bool = False) -> None:
 
 @tenants.command(name="create")
 def tenants_create(name: str, *, json: Json = False) -> None:
-    """Create a tenant (it can use no model until models are allowed)."""
+    """Create a tenant."""
 
     async def work(database: Database) -> Any:
         try:
