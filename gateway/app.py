@@ -7,10 +7,13 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import msgspec
 
 from gateway import __version__
 from gateway.chain import route
+from gateway.chain.budget import prompt_tokens_bound
+from gateway.chain.values import Outcome
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.http import ClientDisconnected, Receive, Request, Responder, Scope, Send, read_body
@@ -101,11 +104,24 @@ class Gateway:
     async def _proxy(
         self, services: Services, request: Request, receive: Receive, responder: Responder
     ) -> None:
-        await services.authenticator.authenticate(request.header_values(b"authorization"))
+        principal = await services.authenticator.authenticate(
+            request.header_values(b"authorization")
+        )
         endpoint = route.resolve(request.method, request.raw_path)
         body = await read_body(request, receive, self.settings.max_request_body_bytes)
         routed = route.shape_request(endpoint, body, self.settings.max_num_predict)
-        await services.relay.forward(request, endpoint, routed, responder, receive)
+        grant = await services.admission.admit(
+            principal, prompt_tokens_bound(len(body)), routed.max_completion_tokens
+        )
+        outcome = Outcome()
+        try:
+            await services.relay.forward(
+                request, endpoint, routed, responder, receive, grant.headers, outcome
+            )
+        finally:
+            # After the last byte, and even when the client left: never delays the answer.
+            with anyio.CancelScope(shield=True):
+                await services.admission.settle(grant, outcome.usage, outcome.completion_frames)
 
 
 def create_app() -> Gateway:

@@ -82,6 +82,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     default_rpm: NonNegative = _field("DEFAULT_RPM", 60)
     default_tpm: NonNegative = _field("DEFAULT_TPM", 100_000)
     default_concurrent: NonNegative = _field("DEFAULT_CONCURRENT", 8)
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=3)] = _field("LEASE_TTL_S", 30.0)
+    ledger_flush_interval_s: Seconds = _field("LEDGER_FLUSH_INTERVAL_S", 0.5)
     max_request_body_bytes: Positive = _field("MAX_REQUEST_BODY_BYTES", 262_144)
     max_num_predict: Positive = _field("MAX_NUM_PREDICT", 4096)
 

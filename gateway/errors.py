@@ -74,6 +74,18 @@ class PayloadTooLarge(GatewayError):
     message = "the request body is larger than the gateway accepts"
 
 
+class RateLimited(GatewayError):
+    """A rate or concurrency limit of the caller's own key or tenant; the detail names which."""
+
+    status, kind, code = 429, "rate_limit_error", "rate_limit_exceeded"
+    message = "rate limit reached"
+
+
+class BudgetExhausted(GatewayError):
+    status, kind, code = 429, "insufficient_quota", "budget_exhausted"
+    message = "the token budget is exhausted"
+
+
 class BadGateway(GatewayError):
     status, kind, code = 502, "server_error", "backend_error"
     message = "the model backend failed to answer"

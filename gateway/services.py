@@ -11,11 +11,13 @@ from functools import partial
 import anyio
 import msgspec
 
+from gateway.chain.admission import Admission
 from gateway.chain.auth import Authenticator, LocalKeyCache
 from gateway.chain.stream import Relay
 from gateway.config import Settings
 from gateway.errors import ServiceUnavailable
 from gateway.keys import KeyHasher
+from gateway.ledger import Ledger
 from gateway.store.pg import Database
 from gateway.store.redis import Cache
 from gateway.upstream.backend import Backend
@@ -61,6 +63,8 @@ class Services:
         self.backend = backend
         self.authenticator = authenticator
         self.relay = Relay(backend)
+        self.ledger = Ledger(database, flush_interval_s=settings.ledger_flush_interval_s)
+        self.admission = Admission(cache, database, self.ledger, lease_ttl_s=settings.lease_ttl_s)
 
     @classmethod
     @asynccontextmanager
@@ -105,24 +109,34 @@ class Services:
                     clock=time.monotonic,
                 ),
                 shared_ttl_s=settings.redis_key_cache_ttl_s,
+                default_limits=(
+                    settings.default_rpm,
+                    settings.default_tpm,
+                    settings.default_concurrent,
+                ),
             )
             services = cls(settings, database, cache, backend, authenticator)
             async with anyio.create_task_group() as tg:
-                await tg.start(services._follow_revocations, tg)
+                await tg.start(services._follow_changes, tg)
+                await tg.start(services.ledger.run)
+                await tg.start(services.admission.keep_leases)
                 try:
                     yield services
                 finally:
                     tg.cancel_scope.cancel()
 
-    async def _follow_revocations(
+    async def _follow_changes(
         self, tg: anyio.abc.TaskGroup, *, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
         def revoked(key_id: str) -> None:
             self.authenticator.forget(key_id)
             tg.start_soon(self._evict_shared, key_id)
 
-        await self.database.listen_revocations(
-            revoked, self.authenticator.local.clear, task_status=task_status
+        await self.database.listen(
+            revoked,
+            self.authenticator.changed,
+            self.authenticator.local.clear,
+            task_status=task_status,
         )
 
     async def _evict_shared(self, key_id: str) -> None:

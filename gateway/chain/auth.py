@@ -13,6 +13,8 @@ from datetime import datetime
 
 import msgspec
 
+from gateway.chain.budget import effective_budgets
+from gateway.chain.limits import effective_limits
 from gateway.chain.values import Principal
 from gateway.errors import Unauthorized
 from gateway.keys import KeyHasher, cache_digest, parse_key
@@ -52,6 +54,13 @@ class LocalKeyCache:
     def evict(self, key_id: str) -> None:
         self._entries.pop(key_id, None)
 
+    def evict_tenant(self, tenant_id: str) -> None:
+        stale = [
+            k for k, (_, principal, _) in self._entries.items() if principal.tenant_id == tenant_id
+        ]
+        for key_id in stale:
+            del self._entries[key_id]
+
     def clear(self) -> None:
         self._entries.clear()
 
@@ -82,6 +91,7 @@ class Authenticator:
         cache: Cache,
         local: LocalKeyCache,
         shared_ttl_s: int,
+        default_limits: tuple[int, int, int],
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._prefix = key_prefix
@@ -90,6 +100,7 @@ class Authenticator:
         self._cache = cache
         self.local = local
         self._shared_ttl_s = shared_ttl_s
+        self._default_limits = default_limits
         self._now = wall_clock
 
     async def authenticate(self, authorization: list[bytes]) -> Principal:
@@ -140,6 +151,15 @@ class Authenticator:
             key_id=record.key_id,
             key_name=record.key_name,
             expires_at_s=valid_until_s,
+            limits=effective_limits(
+                (record.key_rpm, record.key_tpm, record.key_concurrent),
+                (record.tenant_rpm, record.tenant_tpm, record.tenant_concurrent),
+                self._default_limits,
+            ),
+            budgets=effective_budgets(
+                (record.key_daily, record.key_monthly, record.key_total),
+                (record.tenant_daily, record.tenant_monthly, record.tenant_total),
+            ),
         )
         if valid_until_s is not None and valid_until_s <= now_s:
             raise Unauthorized
@@ -160,3 +180,11 @@ class Authenticator:
     def forget(self, key_id: str) -> None:
         """Drop a key from this process's cache (a revocation arrived)."""
         self.local.evict(key_id)
+
+    def changed(self, subject: str) -> None:
+        """Limits or budgets changed for `k:<key_id>` or every key of `t:<tenant_id>`."""
+        kind, _, ident = subject.partition(":")
+        if kind == "t":
+            self.local.evict_tenant(ident)
+        else:
+            self.local.evict(ident)

@@ -101,5 +101,5 @@ def shape_request(endpoint: Endpoint, body: bytes, max_num_predict: int) -> Rout
         raise InvalidRequest('"options.num_predict" must be an integer')
     # Ollama reads a negative num_predict as "no limit", which is exactly what the cap forbids.
     if num_predict is None or num_predict < 0 or num_predict > max_num_predict:
-        options["num_predict"] = max_num_predict
-    return Routed(model, stream, _encode_json(payload))
+        num_predict = options["num_predict"] = max_num_predict
+    return Routed(model, stream, _encode_json(payload), max_completion_tokens=num_predict)

@@ -52,8 +52,9 @@ class Relay:
         routed: Routed,
         responder: Responder,
         receive: Receive,
-    ) -> Outcome:
-        outcome = Outcome()
+        headers: list[tuple[bytes, bytes]],
+        outcome: Outcome,
+    ) -> None:
         started_s = time.perf_counter()
         failure: GatewayError | None = None
         async with anyio.create_task_group() as tg:
@@ -66,7 +67,7 @@ class Relay:
 
             tg.start_soon(cancel_when_client_leaves)
             try:
-                await self._relay(request, endpoint, routed, responder, outcome, started_s)
+                await self._relay(request, endpoint, routed, responder, headers, outcome, started_s)
             except GatewayError as exc:
                 # Raised outside the task group, so callers see our error, not an ExceptionGroup.
                 failure = exc
@@ -74,7 +75,6 @@ class Relay:
                 tg.cancel_scope.cancel()
         if failure is not None:
             raise failure
-        return outcome
 
     async def _relay(
         self,
@@ -82,6 +82,7 @@ class Relay:
         endpoint: Endpoint,
         routed: Routed,
         responder: Responder,
+        extra_headers: list[tuple[bytes, bytes]],
         outcome: Outcome,
         started_s: float,
     ) -> None:
@@ -94,6 +95,7 @@ class Relay:
             headers = [
                 (b"content-type", NDJSON if routed.stream else JSON),
                 (b"cache-control", b"no-store"),
+                *extra_headers,
             ]
             await responder.start(200, headers)
             outcome.status = 200
@@ -112,4 +114,7 @@ class Relay:
                 outcome.error_code = exc.code
                 await responder.end(stream_error_frame(exc, request.surface))
                 return
+            finally:
+                # Also when the client left: what was generated until then is what is charged.
+                outcome.completion_frames = usage.frames
             await responder.end()

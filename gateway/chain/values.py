@@ -7,14 +7,49 @@ import msgspec
 from gateway.upstream.usage import Usage
 
 
+class Limits(msgspec.Struct, frozen=True, array_like=True):
+    """Effective per-minute and in-flight limits: the key's own, and its tenant's in total."""
+
+    key_rpm: int
+    tenant_rpm: int
+    key_tpm: int
+    tenant_tpm: int
+    key_concurrent: int
+    tenant_concurrent: int
+
+
+class Budgets(msgspec.Struct, frozen=True, array_like=True):
+    """Token budgets per UTC day, UTC month and in total; None is unlimited."""
+
+    key_daily: int | None = None
+    key_monthly: int | None = None
+    key_total: int | None = None
+    tenant_daily: int | None = None
+    tenant_monthly: int | None = None
+    tenant_total: int | None = None
+
+    def as_tuple(self) -> tuple[int | None, ...]:
+        """Key day, month, total, then tenant day, month, total: the order of the counters."""
+        return (
+            self.key_daily,
+            self.key_monthly,
+            self.key_total,
+            self.tenant_daily,
+            self.tenant_monthly,
+            self.tenant_total,
+        )
+
+
 class Principal(msgspec.Struct, frozen=True, array_like=True):
-    """Who is calling: resolved from a key, cached, never holding the key or its hash."""
+    """Who is calling and what they may spend; cached, never holding the key or its hash."""
 
     tenant_id: str
     tenant_name: str
     key_id: str
     key_name: str
     expires_at_s: float | None  # wall-clock epoch seconds; None never expires
+    limits: Limits
+    budgets: Budgets
 
 
 class Routed(msgspec.Struct, frozen=True):
@@ -23,6 +58,7 @@ class Routed(msgspec.Struct, frozen=True):
     model: str
     stream: bool
     body: bytes
+    max_completion_tokens: int
 
 
 class Outcome(msgspec.Struct):
@@ -33,3 +69,4 @@ class Outcome(msgspec.Struct):
     ttfb_s: float | None = None
     error_code: str | None = None
     client_gone: bool = False
+    completion_frames: int = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 import anyio
@@ -41,6 +41,39 @@ class KeyRecord(msgspec.Struct, frozen=True):
     expires_at: datetime | None
     revoked: bool
     tenant_disabled: bool
+    key_rpm: int | None
+    key_tpm: int | None
+    key_concurrent: int | None
+    tenant_rpm: int | None
+    tenant_tpm: int | None
+    tenant_concurrent: int | None
+    key_daily: int | None
+    key_monthly: int | None
+    key_total: int | None
+    tenant_daily: int | None
+    tenant_monthly: int | None
+    tenant_total: int | None
+
+
+class UsageRow(msgspec.Struct, frozen=True):
+    """One addition to the ledger: a key's tokens in one period."""
+
+    tenant_id: str
+    key_id: str
+    period: str
+    period_start: date
+    prompt_tokens: int
+    completion_tokens: int
+    requests: int
+
+
+class UsageNow(msgspec.Struct, frozen=True, array_like=True):
+    key_day: int
+    key_month: int
+    key_total: int
+    tenant_day: int
+    tenant_month: int
+    tenant_total: int
 
 
 class TenantRow(msgspec.Struct, frozen=True):
@@ -130,6 +163,24 @@ class Database:
             queries.UPDATE_KEY_HASH, key_id=key_id, old_hash=old_hash, secret_hash=new_hash
         )
 
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        """Add a batch to the ledger in one transaction: all of it lands, or none."""
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            async with (
+                self._pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor() as cursor,
+            ):
+                await cursor.executemany(
+                    queries.ADD_USAGE, [msgspec.structs.asdict(row) for row in rows]
+                )
+
+    async def usage_now(self, tenant_id: str, key_id: str, day: date, month: date) -> UsageNow:
+        rows = await self._fetch(
+            UsageNow, queries.USAGE_NOW, tenant_id=tenant_id, key_id=key_id, day=day, month=month
+        )
+        return rows[0]
+
     async def create_tenant(self, name: str) -> TenantRow:
         return (await self._fetch(TenantRow, queries.CREATE_TENANT, name=name))[0]
 
@@ -169,31 +220,35 @@ class Database:
             return True
         return False if await self._fetch(_Revoked, queries.KEY_EXISTS, key_id=key_id) else None
 
-    async def listen_revocations(
+    async def listen(
         self,
         on_revoked: Callable[[str], None],
+        on_principals_changed: Callable[[str], None],
         on_gap: Callable[[], None],
         *,
         retry_s: float = 1.0,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Calls `on_revoked(key_id)` for every revocation on any replica, forever.
+        """Calls `on_revoked(key_id)` for every revocation on any replica, and
+        `on_principals_changed("k:<key_id>" | "t:<tenant_id>")` when limits change, forever.
 
-        While the connection is down a revocation can be missed, so every reconnect calls
+        While the connection is down a notice can be missed, so every reconnect calls
         `on_gap()` first: the caller drops what it cached rather than trust it.
         """
         task_status.started()
+        handlers = {"gateway_revocations": on_revoked, "gateway_principals": on_principals_changed}
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
                     self._conninfo, autocommit=True, connect_timeout=max(1, round(self.timeout_s))
                 ) as conn:
                     await conn.execute(queries.LISTEN_REVOCATIONS)
+                    await conn.execute(queries.LISTEN_PRINCIPALS)
                     on_gap()
                     async for notice in conn.notifies():
-                        on_revoked(notice.payload)
+                        handlers[notice.channel](notice.payload)
             except (psycopg.Error, OSError) as exc:
-                log.warning("revocation listener lost Postgres: %s", type(exc).__name__)
+                log.warning("change listener lost Postgres: %s", type(exc).__name__)
             await anyio.sleep(retry_s)
 
 

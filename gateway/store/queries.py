@@ -5,9 +5,48 @@ PING = "SELECT 1"
 FIND_KEY = """
 SELECT k.id AS key_id, k.name AS key_name, t.id::text AS tenant_id, t.name AS tenant_name,
        k.secret_hash, k.previous_secret_hash, k.previous_secret_expires_at, k.expires_at,
-       (k.revoked_at IS NOT NULL) AS revoked, (t.disabled_at IS NOT NULL) AS tenant_disabled
+       (k.revoked_at IS NOT NULL) AS revoked, (t.disabled_at IS NOT NULL) AS tenant_disabled,
+       k.rpm AS key_rpm, k.tpm AS key_tpm, k.concurrent AS key_concurrent,
+       t.rpm AS tenant_rpm, t.tpm AS tenant_tpm, t.concurrent AS tenant_concurrent,
+       k.budget_daily_tokens AS key_daily, k.budget_monthly_tokens AS key_monthly,
+       k.budget_total_tokens AS key_total, t.budget_daily_tokens AS tenant_daily,
+       t.budget_monthly_tokens AS tenant_monthly, t.budget_total_tokens AS tenant_total
 FROM gateway.api_keys k JOIN gateway.tenants t ON t.id = k.tenant_id
 WHERE k.id = %(key_id)s
+"""
+
+LISTEN_PRINCIPALS = "LISTEN gateway_principals"
+
+# Per-key rows only; a tenant's usage is the sum over its keys.
+ADD_USAGE = """
+INSERT INTO gateway.usage_ledger AS u
+    (tenant_id, key_id, period, period_start, prompt_tokens, completion_tokens, requests)
+VALUES (%(tenant_id)s, %(key_id)s, %(period)s, %(period_start)s, %(prompt_tokens)s,
+        %(completion_tokens)s, %(requests)s)
+ON CONFLICT (key_id, period, period_start) DO UPDATE SET
+    prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
+    completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
+    requests = u.requests + EXCLUDED.requests,
+    updated_at = now()
+"""
+
+# What a key and its tenant used in the current periods: seeds for missing Redis counters.
+USAGE_NOW = """
+SELECT
+  coalesce(sum(tokens) FILTER (WHERE key_id = %(key_id)s AND period = 'day'), 0) AS key_day,
+  coalesce(sum(tokens) FILTER (WHERE key_id = %(key_id)s AND period = 'month'), 0) AS key_month,
+  coalesce(sum(tokens) FILTER (WHERE key_id = %(key_id)s AND period = 'total'), 0) AS key_total,
+  coalesce(sum(tokens) FILTER (WHERE period = 'day'), 0) AS tenant_day,
+  coalesce(sum(tokens) FILTER (WHERE period = 'month'), 0) AS tenant_month,
+  coalesce(sum(tokens) FILTER (WHERE period = 'total'), 0) AS tenant_total
+FROM (
+  SELECT key_id, period, prompt_tokens + completion_tokens AS tokens
+  FROM gateway.usage_ledger
+  WHERE tenant_id = %(tenant_id)s
+    AND ((period = 'day' AND period_start = %(day)s)
+      OR (period = 'month' AND period_start = %(month)s)
+      OR (period = 'total' AND period_start = '1970-01-01'))
+) AS current_usage
 """
 
 UPDATE_KEY_HASH = """

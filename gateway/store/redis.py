@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from importlib.resources import files
 
 import anyio
 import redis.asyncio
 import redis.exceptions
 
 from gateway.errors import ServiceUnavailable
+
+_LUA = files("gateway.store") / "lua"
+Arg = str | int
 
 
 @contextmanager
@@ -27,6 +31,10 @@ class Cache:
         self._client = client
         self._prefix = prefix
         self.timeout_s = timeout_s
+        # Registered scripts run by EVALSHA and reload themselves after a Redis restart.
+        self._admit = client.register_script((_LUA / "admit.lua").read_text())
+        self._settle = client.register_script((_LUA / "settle.lua").read_text())
+        self._renew = client.register_script((_LUA / "renew.lua").read_text())
 
     @classmethod
     @asynccontextmanager
@@ -69,3 +77,30 @@ class Cache:
     async def evict_key(self, key_id: str) -> None:
         with _mapped(), anyio.fail_after(self.timeout_s):
             await self._client.delete(self._key_entry(key_id))
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    async def admit(self, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            reply = await self._admit(keys=list(keys), args=list(args))
+        return [int(value) for value in reply]
+
+    async def settle(self, keys: Sequence[str], args: Sequence[Arg]) -> None:
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            await self._settle(keys=list(keys), args=list(args))
+
+    async def renew_leases(self, leases: dict[tuple[str, str], list[str]], ttl_ms: int) -> None:
+        """Extend many leases in one round trip: {(leases key, tokens key): [members]}."""
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for (lease_key, tokens_key), members in leases.items():
+                    await self._renew(
+                        keys=[lease_key, tokens_key], args=[ttl_ms, *members], client=pipe
+                    )
+                await pipe.execute()
+
+    async def delete(self, *names: str) -> None:
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            await self._client.delete(*names)

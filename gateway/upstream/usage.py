@@ -26,12 +26,14 @@ class NdjsonUsage:
     search per line; the bytes themselves are forwarded untouched by the caller.
     """
 
-    __slots__ = ("_pending", "usage")
+    __slots__ = ("_pending", "frames", "usage")
 
     def __init__(self) -> None:
         # Pieces of a line not yet ended; joined once, when its newline arrives.
         self._pending: list[bytes] = []
         self.usage: Usage | None = None
+        # Streamed Ollama answers carry one token a line: the count a broken stream is charged.
+        self.frames = 0
 
     def feed(self, chunk: bytes) -> None:
         if b"\n" not in chunk:
@@ -40,6 +42,7 @@ class NdjsonUsage:
         data = b"".join((*self._pending, chunk)) if self._pending else chunk
         *lines, tail = data.split(b"\n")
         self._pending = [tail] if tail else []
+        self.frames += len(lines)
         for line in lines:
             self._inspect(line)
 
