@@ -75,6 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: Secret = _field("REDIS_URL", Secret(""))
     redis_key_prefix: str = _field("REDIS_KEY_PREFIX", "gw")
     redis_timeout_s: Seconds = _field("REDIS_TIMEOUT_S", 2.0)
+    redis_max_connections: Positive = _field("REDIS_MAX_CONNECTIONS", 64)
     redis_key_cache_ttl_s: Positive = _field("REDIS_KEY_CACHE_TTL_S", 60)
     local_key_cache_ttl_s: Seconds = _field("LOCAL_KEY_CACHE_TTL_S", 10.0)
     local_key_cache_size: Positive = _field("LOCAL_KEY_CACHE_SIZE", 10_000)

@@ -82,6 +82,7 @@ class Services:
                     settings.redis_url.reveal(),
                     prefix=settings.redis_key_prefix,
                     timeout_s=settings.redis_timeout_s,
+                    max_connections=settings.redis_max_connections,
                 )
             )
             token = settings.ollama_auth_token

@@ -100,7 +100,8 @@ def _mapped() -> Iterator[None]:
         raise Conflict from None
     except (psycopg.errors.CheckViolation, psycopg.errors.DataError) as exc:
         raise Rejected(exc.diag.constraint_name or "invalid value") from None
-    except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError, OSError):
+    except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError, OSError) as exc:
+        log.warning("Postgres call failed: %s", type(exc).__name__)
         raise ServiceUnavailable from None
 
 

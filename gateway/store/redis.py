@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from importlib.resources import files
@@ -12,6 +13,8 @@ import redis.exceptions
 
 from gateway.errors import ServiceUnavailable
 
+log = logging.getLogger(__name__)
+
 _LUA = files("gateway.store") / "lua"
 Arg = str | int
 
@@ -20,7 +23,9 @@ Arg = str | int
 def _mapped() -> Iterator[None]:
     try:
         yield
-    except (redis.exceptions.RedisError, OSError, TimeoutError):
+    except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        # The type only: redis-py messages can carry the URL, and with it the password.
+        log.warning("Redis call failed: %s", type(exc).__name__)
         raise ServiceUnavailable from None
 
 
@@ -38,13 +43,19 @@ class Cache:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, url: str, *, prefix: str, timeout_s: float) -> AsyncIterator[Cache]:
-        client = redis.asyncio.Redis.from_url(
+    async def open(
+        cls, url: str, *, prefix: str, timeout_s: float, max_connections: int = 64
+    ) -> AsyncIterator[Cache]:
+        # Blocking: a burst waits (up to the timeout) for a connection instead of failing.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             health_check_interval=30,
         )
+        client = redis.asyncio.Redis.from_pool(pool)
         try:
             yield cls(client, prefix, timeout_s)
         finally:

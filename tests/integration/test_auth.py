@@ -81,6 +81,7 @@ def authenticator(
         cache=cache,
         local=LocalKeyCache(ttl_s=10, max_entries=100, clock=monotonic or FakeClock(0)),
         shared_ttl_s=60,
+        default_limits=(60, 100_000, 8),
         wall_clock=wall or FakeClock(datetime.now(UTC).timestamp()),
     )
 

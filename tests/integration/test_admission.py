@@ -1,0 +1,226 @@
+"""Rate limits on real Redis and Postgres: exact under bursts, across replicas, with leases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import redis
+
+from gateway.chain.budget import periods_at
+from gateway.chain.limits import quota_keys
+from gateway.devservices import free_port
+from tests.integration.quota_support import (
+    CHAT,
+    FAST_ARGON2,
+    bearer,
+    make_key,
+    running_gateway,
+)
+
+pytestmark = pytest.mark.anyio
+
+ROOMY = {"tenant_rpm": 100_000, "key_concurrent": 1000, "tenant_concurrent": 1000}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def env(database_url: str, redis_url: str, redis_prefix: str, simulator_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": redis_prefix,
+        "OLLAMA_URL": simulator_url,
+    }
+
+
+async def burst(
+    client: httpx.AsyncClient | list[httpx.AsyncClient], key: str, count: int, **body: Any
+) -> list[httpx.Response]:
+    clients = client if isinstance(client, list) else [client]
+    responses: list[httpx.Response] = []
+
+    async def one(index: int) -> None:
+        target = clients[index % len(clients)]
+        responses.append(await target.post("/api/chat", json={**CHAT, **body}, headers=bearer(key)))
+
+    async with anyio.create_task_group() as tg:
+        for index in range(count):
+            tg.start_soon(one, index)
+    return responses
+
+
+def by_status(responses: list[httpx.Response]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for response in responses:
+        counts[response.status_code] = counts.get(response.status_code, 0) + 1
+    return counts
+
+
+def age_request_windows(redis_url: str, prefix: str, tenant_id: str, key_id: str) -> None:
+    """Move every recorded request a minute into the past, as if the minute had gone by."""
+    periods = periods_at(datetime.now(UTC))
+    keys = quota_keys(prefix, tenant_id, key_id, periods.day_tag, periods.month_tag)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for window in (keys.rpm_key, keys.rpm_tenant):
+            aged = {
+                member: score - 61_000
+                for member, score in client.zrange(window, 0, -1, withscores=True)
+            }
+            if aged:
+                client.zadd(window, aged)  # type: ignore[arg-type] # bytes members are accepted
+    finally:
+        client.close()
+
+
+async def test_a_burst_admits_exactly_the_rpm_and_the_window_slides(
+    env: dict[str, str], redis_url: str, redis_prefix: str
+) -> None:
+    async with running_gateway(env) as (services, client):
+        key = await make_key(services, key_rpm=60, **ROOMY)
+        responses = await burst(client, key, 200)
+        assert by_status(responses) == {200: 60, 429: 140}
+        admitted = [r for r in responses if r.status_code == 200]
+        assert {r.headers["x-ratelimit-limit-requests"] for r in admitted} == {"60"}
+        assert sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in admitted) == list(
+            range(60)
+        )
+        for refused in (r for r in responses if r.status_code == 429):
+            assert refused.json() == {
+                "error": "rate limit reached: requests per minute for this key"
+            }
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+            assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+            assert refused.headers["x-request-id"]
+        principal = await services.authenticator.authenticate([f"Bearer {key}".encode()])
+        age_request_windows(redis_url, redis_prefix, principal.tenant_id, principal.key_id)
+        again = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+        assert again.status_code == 200
+        assert again.headers["x-ratelimit-remaining-requests"] == "59"
+
+
+async def test_the_tenant_rpm_binds_all_its_keys_together(env: dict[str, str]) -> None:
+    async with running_gateway(env) as (services, client):
+        roomy = {"key_concurrent": 1000, "tenant_concurrent": 1000}
+        first = await make_key(services, name="a", key_rpm=1000, tenant_rpm=30, **roomy)
+        second = await make_key(services, name="b", key_rpm=1000)
+        responses = await burst(client, first, 20) + await burst(client, second, 20)
+        assert by_status(responses) == {200: 30, 429: 10}
+        refused = [r.json()["error"] for r in responses if r.status_code == 429]
+        assert set(refused) == {"rate limit reached: requests per minute for this tenant"}
+
+
+@contextmanager
+def gateway_processes(env: dict[str, str], count: int) -> Iterator[list[str]]:
+    """`gateway serve` in separate processes sharing Postgres and Redis: replicas, for real."""
+    ports = [free_port() for _ in range(count)]
+    full_env = {**os.environ, **FAST_ARGON2, **env, "GATEWAY_LOG_LEVEL": "WARNING"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for port in ports
+    ]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        deadline = time.monotonic() + 30
+        for url in urls:
+            while True:
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "gateway process did not start"
+                time.sleep(0.1)
+        yield urls
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+async def test_three_gateway_processes_share_one_limit(env: dict[str, str]) -> None:
+    async with running_gateway(env) as (services, _):
+        key = await make_key(services, key_rpm=60, **ROOMY)
+    with gateway_processes(env, 3) as urls:
+        clients = [httpx.AsyncClient(base_url=url, timeout=60) for url in urls]
+        try:
+            responses = await burst(clients, key, 200)
+        finally:
+            for client in clients:
+                await client.aclose()
+    assert by_status(responses) == {200: 60, 429: 140}
+
+
+async def test_in_flight_requests_are_capped_and_released(
+    env: dict[str, str], start_simulator: Callable[..., AbstractContextManager[str]]
+) -> None:
+    with start_simulator(chunks=10, token_delay_ms=100) as slow:
+        async with running_gateway({**env, "OLLAMA_URL": slow}) as (services, client):
+            key = await make_key(services, key_concurrent=4, key_rpm=1000, tenant_rpm=1000)
+            responses = await burst(client, key, 20)
+            assert by_status(responses) == {200: 4, 429: 16}
+            refused = {r.json()["error"] for r in responses if r.status_code == 429}
+            assert refused == {"too many requests in flight for this key"}
+            assert (
+                await client.post("/api/chat", json=CHAT, headers=bearer(key))
+            ).status_code == 200
+
+
+async def test_leases_of_a_killed_replica_expire_by_themselves(
+    env: dict[str, str], start_simulator: Callable[..., AbstractContextManager[str]]
+) -> None:
+    lease_ttl_s = 3
+    with start_simulator(chunks=400, token_delay_ms=50) as endless:
+        replica_env = {**env, "OLLAMA_URL": endless, "LEASE_TTL_S": str(lease_ttl_s)}
+        async with running_gateway(replica_env) as (services, client):
+            key = await make_key(services, key_concurrent=2, key_rpm=1000, tenant_rpm=1000)
+            with gateway_processes(replica_env, 1) as (doomed,):
+                async with httpx.AsyncClient(base_url=doomed, timeout=60) as remote:
+                    for _ in range(2):
+                        request = remote.build_request(
+                            "POST", "/api/chat", json={**CHAT, "stream": True}, headers=bearer(key)
+                        )
+                        streaming = await remote.send(request, stream=True)
+                        assert streaming.status_code == 200
+                    # Two streams hold both leases; the replica dies without settling them.
+                    for pid in _children_and_self(doomed):
+                        os.kill(pid, signal.SIGKILL)
+                    refused = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+                    assert refused.status_code == 429
+                    killed_at = time.monotonic()
+                    while (
+                        await client.post("/api/chat", json=CHAT, headers=bearer(key))
+                    ).status_code == 429:
+                        assert time.monotonic() - killed_at < lease_ttl_s + 5
+                        await anyio.sleep(0.2)
+
+
+def _children_and_self(url: str) -> list[int]:
+    port = url.rsplit(":", 1)[1]
+    out = subprocess.run(
+        ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    )
+    return sorted({int(part.split(",")[0]) for part in out.stdout.split("pid=")[1:]})
