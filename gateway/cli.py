@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import anyio
 import msgspec
-from cyclopts import App, Parameter
+from cyclopts import App
 
 from gateway import __version__
+from gateway.cli_common import CliError, Json, cli_settings, print_json, print_table, with_database
+from gateway.cli_quota import budgets, limits
+from gateway.cli_usage import usage
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import ServiceUnavailable
 from gateway.keys import generate_key
@@ -22,66 +25,14 @@ from gateway.services import hasher_for
 from gateway.store.pg import Conflict, Database, Rejected
 from gateway.store.redis import Cache
 
-T = TypeVar("T")
-Json = Annotated[bool, Parameter(name="--json", negative=(), help="Machine-readable output.")]
-
 app = App(name="gateway", version=__version__, help="A secure gateway for self-hosted LLMs.")
 tenants = App(name="tenants", help="Create and list tenants.")
 keys = App(name="keys", help="Create, list and revoke API keys.")
 app.command(tenants)
 app.command(keys)
-
-
-class CliError(Exception):
-    """An expected failure: its message is for the operator, its code for scripts."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings(os.environ, require_stores=False)
-    except ConfigError as exc:
-        raise CliError(str(exc), 2) from None
-    if not settings.database_url.reveal():
-        raise CliError("DATABASE_URL: required but not set", 2)
-    return settings
-
-
-def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
-    async def run() -> T:
-        async with Database.open(
-            settings.database_url.reveal(), pool_size=1, timeout_s=settings.database_timeout_s
-        ) as database:
-            return await work(database)
-
-    try:
-        return anyio.run(run, backend="asyncio")
-    except ServiceUnavailable:
-        raise CliError(
-            "cannot reach Postgres at DATABASE_URL (is it running and migrated?)"
-        ) from None
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
-
-
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[str(h) for h in headers], *([_cell(v) for v in row] for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)))
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    return str(value)
+app.command(limits)
+app.command(budgets)
+app.command(usage)
 
 
 @app.command
@@ -125,11 +76,11 @@ def migrate(*, status: bool = False) -> None:
     """Apply the SQL migrations in order (each once, under an advisory lock)."""
     from gateway.migrate import MigrationError, apply_migrations, migration_status
 
-    url = _settings().database_url.reveal()
+    url = cli_settings().database_url.reveal()
     try:
         if status:
             states = migration_status(url)
-            _print_table(
+            print_table(
                 ["migration", "applied", "checksum"],
                 [(s.name, s.applied_at, "ok" if s.checksum_ok else "EDITED") for s in states],
             )
@@ -156,9 +107,9 @@ def tenants_create(name: str, *, json: Json = False) -> None:
                 2,
             ) from None
 
-    tenant = _with_database(_settings(), work)
+    tenant = with_database(cli_settings(), work)
     if json:
-        _print_json(tenant)
+        print_json(tenant)
     else:
         print(f"created tenant '{tenant.name}' ({tenant.id})")
 
@@ -166,11 +117,11 @@ def tenants_create(name: str, *, json: Json = False) -> None:
 @tenants.command(name="list")
 def tenants_list(*, json: Json = False) -> None:
     """List tenants with their number of active keys."""
-    rows = _with_database(_settings(), lambda database: database.list_tenants())
+    rows = with_database(cli_settings(), lambda database: database.list_tenants())
     if json:
-        _print_json(rows)
+        print_json(rows)
     else:
-        _print_table(
+        print_table(
             ["name", "id", "active keys", "created"],
             [(t.name, t.id, t.active_keys, t.created_at) for t in rows],
         )
@@ -189,7 +140,7 @@ def keys_create(
     *, tenant: str, name: str, expires_in: str | None = None, json: Json = False
 ) -> None:
     """Create a key; the full key is printed this once and never again."""
-    settings = _settings()
+    settings = cli_settings()
     expires_at = datetime.now(UTC) + _parse_duration(expires_in) if expires_in else None
     issued = generate_key(settings.key_prefix)
     secret_hash = hasher_for(settings).hash(issued.full_key)
@@ -211,10 +162,10 @@ def keys_create(
         except Rejected:
             raise CliError(f"invalid key name '{name}'", 2) from None
 
-    created_at = _with_database(settings, work)
+    created_at = with_database(settings, work)
     prefix = f"{settings.key_prefix}_{issued.key_id}"
     if json:
-        _print_json(
+        print_json(
             {
                 "key": issued.full_key,
                 "prefix": prefix,
@@ -234,17 +185,17 @@ def keys_create(
 @keys.command(name="list")
 def keys_list(*, tenant: str | None = None, json: Json = False) -> None:
     """List keys (never their secrets)."""
-    settings = _settings()
-    rows = _with_database(settings, lambda database: database.list_keys(tenant))
+    settings = cli_settings()
+    rows = with_database(settings, lambda database: database.list_keys(tenant))
     if json:
-        _print_json(
+        print_json(
             [
                 {"prefix": f"{settings.key_prefix}_{row.key_id}", **msgspec.to_builtins(row)}
                 for row in rows
             ]
         )
         return
-    _print_table(
+    print_table(
         ["prefix", "tenant", "name", "created", "expires", "revoked"],
         [
             (
@@ -263,9 +214,9 @@ def keys_list(*, tenant: str | None = None, json: Json = False) -> None:
 @keys.command(name="revoke")
 def keys_revoke(prefix: str, *, reason: str | None = None) -> None:
     """Revoke a key by its prefix (`gw_` + 12-character id); every replica drops it within 1 s."""
-    settings = _settings()
+    settings = cli_settings()
     key_id = prefix.removeprefix(f"{settings.key_prefix}_")[:12]
-    revoked = _with_database(settings, lambda database: database.revoke_key(key_id, reason))
+    revoked = with_database(settings, lambda database: database.revoke_key(key_id, reason))
     if revoked is None:
         raise CliError(f"no key with prefix '{prefix}'")
     if revoked is False:
@@ -293,6 +244,7 @@ async def _evict_shared(settings: Settings, key_id: str) -> None:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     # The pool's own retry warnings would repeat, less clearly, the one line we print.
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+    logging.getLogger("gateway.store").setLevel(logging.CRITICAL)
     try:
         app(list(argv) if argv is not None else None, exit_on_error=True)
     except CliError as exc:

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/test and scripts/demo: the project's own .venv, created and kept in sync.
 # Creates .venv (Python >= 3.11, from $PYTHON or python3) and reinstalls when pyproject.toml
 # changes. Sets `repo` and `venv`; `bootstrap_venv <script name>` does the work.

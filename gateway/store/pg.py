@@ -182,6 +182,10 @@ class Database:
         )
         return rows[0]
 
+    async def notify_principals(self, subject: str) -> None:
+        """Tell every gateway that `k:<key_id>` or `t:<tenant_id>` changed."""
+        await self._execute(queries.NOTIFY_PRINCIPALS, subject=subject)
+
     async def create_tenant(self, name: str) -> TenantRow:
         return (await self._fetch(TenantRow, queries.CREATE_TENANT, name=name))[0]
 
@@ -252,6 +256,46 @@ class Database:
                 log.warning("change listener lost Postgres: %s", type(exc).__name__)
             await anyio.sleep(retry_s)
 
+    async def key_quotas(
+        self, *, tenant: str | None = None, key_id: str | None = None
+    ) -> list[QuotaRow]:
+        """Keys' limits and budgets as stored, with their tenants'; all keys when unfiltered."""
+        return await self._fetch(QuotaRow, queries.KEY_QUOTAS, tenant=tenant, key_id=key_id)
+
+    async def tenant_quotas(self, tenant: str | None = None) -> list[QuotaRow]:
+        """Tenants' limits and budgets as stored (key fields None); all tenants when unnamed."""
+        return await self._fetch(QuotaRow, queries.TENANT_QUOTAS, tenant=tenant)
+
+    async def set_key_quotas(self, key_id: str, changes: dict[str, int | None]) -> QuotaRow | None:
+        """Change a key's limits or budgets (`QUOTA_FIELDS`; None clears) and announce it on
+        `gateway_principals` as `k:<key_id>`, in one transaction. None when no such key."""
+        params = {**_quota_params(changes), "key_id": key_id, "tenant": None}
+        return await self._set_quotas(queries.SET_KEY_QUOTAS, queries.KEY_QUOTAS, params)
+
+    async def set_tenant_quotas(
+        self, tenant: str, changes: dict[str, int | None]
+    ) -> QuotaRow | None:
+        """As `set_key_quotas`, for the tenant named `tenant`; announced as `t:<tenant_id>`."""
+        params = {**_quota_params(changes), "tenant": tenant}
+        return await self._set_quotas(queries.SET_TENANT_QUOTAS, queries.TENANT_QUOTAS, params)
+
+    async def _set_quotas(self, update: str, read: str, params: dict[str, Any]) -> QuotaRow | None:
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            async with self._pool.connection() as conn, conn.transaction():
+                changed = await (await conn.execute(update, params)).fetchone()
+                if changed is None:
+                    return None
+                await conn.execute(queries.NOTIFY_PRINCIPALS, {"subject": changed[0]})
+                cursor = conn.cursor(row_factory=kwargs_row(QuotaRow))
+                await cursor.execute(read, params)
+                return await cursor.fetchone()
+
+    async def ledger_now(self, tenant_ids: list[str], day: date, month: date) -> list[LedgerNow]:
+        """Every key's ledger rows of the current day, month and total, for whole tenants."""
+        return await self._fetch(
+            LedgerNow, queries.LEDGER_NOW, tenant_ids=tenant_ids, day=day, month=month
+        )
+
 
 class _Id(msgspec.Struct):
     id: Any
@@ -263,3 +307,50 @@ class _Created(msgspec.Struct):
 
 class _Revoked(msgspec.Struct):
     revoked_at: datetime | None
+
+
+# The limits and budgets `set_key_quotas` / `set_tenant_quotas` change, by name.
+QUOTA_FIELDS = ("rpm", "tpm", "concurrent", "daily", "monthly", "total")
+
+
+def _quota_params(changes: dict[str, int | None]) -> dict[str, Any]:
+    unknown = set(changes) - set(QUOTA_FIELDS)
+    if unknown:
+        raise ValueError(f"not a limit or budget: {', '.join(sorted(unknown))}")
+    params: dict[str, Any] = {}
+    for name in QUOTA_FIELDS:
+        params[f"{name}_set"] = name in changes
+        params[name] = changes.get(name)
+    return params
+
+
+class QuotaRow(msgspec.Struct, frozen=True):
+    """A key's limits and budgets as stored, with its tenant's; for a tenant alone the key
+    fields are None. A None limit inherits; a None budget is unlimited."""
+
+    tenant_id: str
+    tenant_name: str
+    key_id: str | None
+    key_name: str | None
+    key_rpm: int | None
+    key_tpm: int | None
+    key_concurrent: int | None
+    key_daily: int | None
+    key_monthly: int | None
+    key_total: int | None
+    tenant_rpm: int | None
+    tenant_tpm: int | None
+    tenant_concurrent: int | None
+    tenant_daily: int | None
+    tenant_monthly: int | None
+    tenant_total: int | None
+
+
+class LedgerNow(msgspec.Struct, frozen=True):
+    """One key's ledger row for one current period (`day`, `month` or `total`)."""
+
+    tenant_id: str
+    key_id: str
+    period: str
+    used: int
+    requests: int

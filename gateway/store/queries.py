@@ -33,14 +33,14 @@ ON CONFLICT (key_id, period, period_start) DO UPDATE SET
 # What a key and its tenant used in the current periods: seeds for missing Redis counters.
 USAGE_NOW = """
 SELECT
-  coalesce(sum(tokens) FILTER (WHERE key_id = %(key_id)s AND period = 'day'), 0) AS key_day,
-  coalesce(sum(tokens) FILTER (WHERE key_id = %(key_id)s AND period = 'month'), 0) AS key_month,
-  coalesce(sum(tokens) FILTER (WHERE key_id = %(key_id)s AND period = 'total'), 0) AS key_total,
-  coalesce(sum(tokens) FILTER (WHERE period = 'day'), 0) AS tenant_day,
-  coalesce(sum(tokens) FILTER (WHERE period = 'month'), 0) AS tenant_month,
-  coalesce(sum(tokens) FILTER (WHERE period = 'total'), 0) AS tenant_total
+  coalesce(sum(tokens) FILTER (WHERE mine AND period = 'day'), 0)::bigint AS key_day,
+  coalesce(sum(tokens) FILTER (WHERE mine AND period = 'month'), 0)::bigint AS key_month,
+  coalesce(sum(tokens) FILTER (WHERE mine AND period = 'total'), 0)::bigint AS key_total,
+  coalesce(sum(tokens) FILTER (WHERE period = 'day'), 0)::bigint AS tenant_day,
+  coalesce(sum(tokens) FILTER (WHERE period = 'month'), 0)::bigint AS tenant_month,
+  coalesce(sum(tokens) FILTER (WHERE period = 'total'), 0)::bigint AS tenant_total
 FROM (
-  SELECT key_id, period, prompt_tokens + completion_tokens AS tokens
+  SELECT key_id = %(key_id)s AS mine, period, prompt_tokens + completion_tokens AS tokens
   FROM gateway.usage_ledger
   WHERE tenant_id = %(tenant_id)s
     AND ((period = 'day' AND period_start = %(day)s)
@@ -90,3 +90,79 @@ RETURNING key_id
 """
 
 KEY_EXISTS = "SELECT revoked_at FROM gateway.api_keys WHERE id = %(key_id)s"
+
+# Limits and budgets as stored, for `gateway limits|budgets|usage`: NULL inherits (limits) or
+# is unlimited (budgets).
+KEY_QUOTAS = """
+SELECT t.id::text AS tenant_id, t.name AS tenant_name, k.id AS key_id, k.name AS key_name,
+       k.rpm AS key_rpm, k.tpm AS key_tpm, k.concurrent AS key_concurrent,
+       k.budget_daily_tokens AS key_daily, k.budget_monthly_tokens AS key_monthly,
+       k.budget_total_tokens AS key_total,
+       t.rpm AS tenant_rpm, t.tpm AS tenant_tpm, t.concurrent AS tenant_concurrent,
+       t.budget_daily_tokens AS tenant_daily, t.budget_monthly_tokens AS tenant_monthly,
+       t.budget_total_tokens AS tenant_total
+FROM gateway.api_keys k JOIN gateway.tenants t ON t.id = k.tenant_id
+WHERE (%(tenant)s::text IS NULL OR t.name = %(tenant)s::text)
+  AND (%(key_id)s::text IS NULL OR k.id = %(key_id)s::text)
+ORDER BY t.name, k.created_at, k.id
+"""
+
+# The same shape for tenants alone: the key columns are NULL.
+TENANT_QUOTAS = """
+SELECT t.id::text AS tenant_id, t.name AS tenant_name, NULL::text AS key_id,
+       NULL::text AS key_name, NULL::integer AS key_rpm, NULL::integer AS key_tpm,
+       NULL::integer AS key_concurrent, NULL::bigint AS key_daily, NULL::bigint AS key_monthly,
+       NULL::bigint AS key_total,
+       t.rpm AS tenant_rpm, t.tpm AS tenant_tpm, t.concurrent AS tenant_concurrent,
+       t.budget_daily_tokens AS tenant_daily, t.budget_monthly_tokens AS tenant_monthly,
+       t.budget_total_tokens AS tenant_total
+FROM gateway.tenants t
+WHERE %(tenant)s::text IS NULL OR t.name = %(tenant)s::text
+ORDER BY t.name
+"""
+
+# Each column changes only when its `*_set` flag is true; then a NULL value clears it.
+SET_KEY_QUOTAS = """
+UPDATE gateway.api_keys SET
+    rpm = CASE WHEN %(rpm_set)s THEN %(rpm)s::integer ELSE rpm END,
+    tpm = CASE WHEN %(tpm_set)s THEN %(tpm)s::integer ELSE tpm END,
+    concurrent = CASE WHEN %(concurrent_set)s THEN %(concurrent)s::integer ELSE concurrent END,
+    budget_daily_tokens =
+        CASE WHEN %(daily_set)s THEN %(daily)s::bigint ELSE budget_daily_tokens END,
+    budget_monthly_tokens =
+        CASE WHEN %(monthly_set)s THEN %(monthly)s::bigint ELSE budget_monthly_tokens END,
+    budget_total_tokens =
+        CASE WHEN %(total_set)s THEN %(total)s::bigint ELSE budget_total_tokens END
+WHERE id = %(key_id)s
+RETURNING 'k:' || id AS subject
+"""
+
+SET_TENANT_QUOTAS = """
+UPDATE gateway.tenants SET
+    rpm = CASE WHEN %(rpm_set)s THEN %(rpm)s::integer ELSE rpm END,
+    tpm = CASE WHEN %(tpm_set)s THEN %(tpm)s::integer ELSE tpm END,
+    concurrent = CASE WHEN %(concurrent_set)s THEN %(concurrent)s::integer ELSE concurrent END,
+    budget_daily_tokens =
+        CASE WHEN %(daily_set)s THEN %(daily)s::bigint ELSE budget_daily_tokens END,
+    budget_monthly_tokens =
+        CASE WHEN %(monthly_set)s THEN %(monthly)s::bigint ELSE budget_monthly_tokens END,
+    budget_total_tokens =
+        CASE WHEN %(total_set)s THEN %(total)s::bigint ELSE budget_total_tokens END
+WHERE name = %(tenant)s
+RETURNING 't:' || id::text AS subject
+"""
+
+# Delivered at commit, so listeners never reload a principal before the change is visible.
+NOTIFY_PRINCIPALS = "SELECT pg_notify('gateway_principals', %(subject)s)"
+
+# Every key's ledger rows of the current periods, for whole tenants: a tenant's usage is the
+# sum over all its keys, including keys deleted since.
+LEDGER_NOW = """
+SELECT tenant_id::text AS tenant_id, key_id, period,
+       prompt_tokens + completion_tokens AS used, requests
+FROM gateway.usage_ledger
+WHERE tenant_id = ANY(%(tenant_ids)s::uuid[])
+  AND ((period = 'day' AND period_start = %(day)s)
+    OR (period = 'month' AND period_start = %(month)s)
+    OR (period = 'total' AND period_start = '1970-01-01'))
+"""

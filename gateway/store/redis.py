@@ -10,7 +10,10 @@ from importlib.resources import files
 import anyio
 import redis.asyncio
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from gateway.chain.limits import quota_keys
 from gateway.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,9 @@ class Cache:
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             health_check_interval=30,
+            # After a Redis restart every pooled connection is dead: reconnect once, not fail.
+            retry=Retry(NoBackoff(), retries=1),
+            retry_on_error=[redis.exceptions.ConnectionError],
         )
         client = redis.asyncio.Redis.from_pool(pool)
         try:
@@ -115,3 +121,28 @@ class Cache:
     async def delete(self, *names: str) -> None:
         with _mapped(), anyio.fail_after(self.timeout_s):
             await self._client.delete(*names)
+
+    async def live_reservations(self, tenant_ids: list[str]) -> dict[str, dict[str, int]]:
+        """Tokens reserved by requests in flight: {tenant_id: {key_id: tokens}}. Like the
+        admission script, it ignores entries whose lease has expired (their replica died)."""
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for tenant_id in tenant_ids:
+                    names = quota_keys(self._prefix, tenant_id, "_", "", "")
+                    pipe.zrange(names.leases, 0, -1, withscores=True)
+                    pipe.hgetall(names.lease_tokens)
+                replies = await pipe.execute()
+        seconds, microseconds = replies[0]
+        now_ms = int(seconds) * 1000 + int(microseconds) // 1000
+        reserved: dict[str, dict[str, int]] = {}
+        for i, tenant_id in enumerate(tenant_ids):
+            expiry_ms = {member.decode(): score for member, score in replies[1 + 2 * i]}
+            per_key: dict[str, int] = {}
+            for member, tokens in replies[2 + 2 * i].items():
+                name = member.decode()
+                if expiry_ms.get(name, now_ms + 1) > now_ms:
+                    key_id = name.partition(":")[0]
+                    per_key[key_id] = per_key.get(key_id, 0) + int(tokens)
+            reserved[tenant_id] = per_key
+        return reserved
