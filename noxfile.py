@@ -16,8 +16,10 @@ REPO = Path(__file__).parent
 # The code that decides who may spend what: every line must be exercised by a test.
 FULL_COVERAGE_FILES = (
     "gateway/chain/auth.py",
+    "gateway/chain/admission.py",
     "gateway/chain/limits.py",
     "gateway/chain/budget.py",
+    "gateway/ledger.py",
     "gateway/keys.py",
 )
 

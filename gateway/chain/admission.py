@@ -99,11 +99,8 @@ class Admission:
         ttls = periods.counter_ttls_s()
         decision = await self._decide(redis_keys, [*args, *_no_seeds(), *ttls])
         if decision.verdict == Verdict.COUNTERS_MISSING:
-            seeds = await self._seeds(principal, periods, decision.detail)
+            seeds = await self._seeds(principal, periods)
             decision = await self._decide(redis_keys, [*args, *seeds, *ttls])
-        if decision.verdict == Verdict.COUNTERS_MISSING:
-            # Seeded and gone again within one admission: Redis is evicting; refuse to guess.
-            raise ServiceUnavailable
         if decision.verdict != Verdict.ADMITTED:
             raise refusal(decision, periods.refill_after_s(decision.detail))
         grant = Grant(
@@ -121,14 +118,16 @@ class Admission:
     async def _decide(self, keys: list[str], args: list[str | int]) -> Decision:
         return _decode_decision(await self._cache.admit(keys, args), Decision)
 
-    async def _seeds(self, principal: Principal, periods: Periods, missing: int) -> tuple[int, ...]:
-        """Ledger totals (plus what this replica has not flushed yet) for the missing counters."""
+    async def _seeds(self, principal: Principal, periods: Periods) -> tuple[int, ...]:
+        """Ledger totals plus what this replica has not flushed yet, for every counter: the
+        script uses them only where a counter is missing (which may be more than before)."""
         durable = await self._database.usage_now(
             principal.tenant_id, principal.key_id, periods.day, periods.month
         )
         unflushed = self._ledger.unflushed(principal.tenant_id, principal.key_id, periods)
-        totals = [a + b for a, b in zip(msgspec.structs.astuple(durable), unflushed, strict=True)]
-        return tuple(total if missing & (1 << i) else -1 for i, total in enumerate(totals))
+        return tuple(
+            a + b for a, b in zip(msgspec.structs.astuple(durable), unflushed, strict=True)
+        )
 
     async def settle(self, grant: Grant, usage: Usage | None, completion_frames: int) -> None:
         """Release the lease, count real tokens; a broken stream counts what it produced."""

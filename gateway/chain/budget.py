@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 
@@ -57,8 +58,9 @@ def periods_at(moment: datetime) -> Periods:
     return Periods(
         day=day,
         month=month,
-        seconds_to_next_day=max(1, int((next_day - moment).total_seconds())),
-        seconds_to_next_month=max(1, int((next_month - moment).total_seconds())),
+        # Rounded up: a client told to come back then finds the new period begun.
+        seconds_to_next_day=math.ceil((next_day - moment).total_seconds()),
+        seconds_to_next_month=math.ceil((next_month - moment).total_seconds()),
     )
 
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import msgspec
 
 from gateway.chain.values import Limits
-from gateway.errors import BudgetExhausted, GatewayError, RateLimited
+from gateway.errors import BudgetExhausted, GatewayError, RateLimited, ServiceUnavailable
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -133,8 +133,11 @@ def ratelimit_headers(decision: Decision) -> Headers:
 
 def refusal(decision: Decision, budget_retry_after_s: int | None) -> GatewayError:
     """The 429 for a refused admission: which limit, when to come back, nobody else's data."""
-    headers = ratelimit_headers(decision)
     verdict = Verdict(decision.verdict)
+    if verdict is Verdict.COUNTERS_MISSING:
+        # Seeded and gone again within one admission: Redis is evicting; refuse to guess.
+        return ServiceUnavailable()
+    headers = ratelimit_headers(decision)
     if verdict in (Verdict.KEY_BUDGET, Verdict.TENANT_BUDGET):
         whose = "this key" if verdict is Verdict.KEY_BUDGET else "this tenant"
         period = ("daily", "monthly", "total")[(decision.detail - 1) % 3]
