@@ -13,6 +13,7 @@ import msgspec
 from gateway import __version__
 from gateway.chain import route
 from gateway.chain.budget import prompt_tokens_bound
+from gateway.chain.shape import shape_request
 from gateway.chain.values import Outcome
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError, ServiceUnavailable
@@ -109,7 +110,7 @@ class Gateway:
         )
         endpoint = route.resolve(request.method, request.raw_path)
         body = await read_body(request, receive, self.settings.max_request_body_bytes)
-        routed = route.shape_request(endpoint, body, self.settings.max_num_predict)
+        routed = shape_request(endpoint, body, self.settings.max_num_predict)
         grant = await services.admission.admit(
             principal, prompt_tokens_bound(len(body)), routed.max_completion_tokens
         )

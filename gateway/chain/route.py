@@ -12,30 +12,31 @@ from urllib.parse import unquote
 
 import msgspec
 
-from gateway.chain.values import Routed
-from gateway.errors import Forbidden, InvalidRequest, MethodNotAllowed, NotFound
+from gateway.errors import Forbidden, MethodNotAllowed, NotFound
 
 
-class Operation(enum.Enum):
-    CHAT = "chat"
-    GENERATE = "generate"
+class Protocol(enum.Enum):
+    """The wire format of an endpoint: Ollama's NDJSON, or OpenAI's JSON and SSE."""
+
+    OLLAMA = "ollama"
+    OPENAI = "openai"
 
 
 class Endpoint(msgspec.Struct, frozen=True):
     method: str
     path: str
     upstream_path: str
-    operation: Operation
+    protocol: Protocol
     stream_by_default: bool
 
 
 TABLE: dict[str, Endpoint] = {
     endpoint.path: endpoint
     for endpoint in (
-        Endpoint("POST", "/api/chat", "/api/chat", Operation.CHAT, stream_by_default=True),
-        Endpoint(
-            "POST", "/api/generate", "/api/generate", Operation.GENERATE, stream_by_default=True
-        ),
+        Endpoint("POST", "/api/chat", "/api/chat", Protocol.OLLAMA, stream_by_default=True),
+        Endpoint("POST", "/api/generate", "/api/generate", Protocol.OLLAMA, True),
+        Endpoint("POST", "/v1/chat/completions", "/v1/chat/completions", Protocol.OPENAI, False),
+        Endpoint("POST", "/v1/completions", "/v1/completions", Protocol.OPENAI, False),
     )
 }
 
@@ -43,9 +44,6 @@ TABLE: dict[str, Endpoint] = {
 MUTATING = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs")
 
 _MAX_DECODE_ROUNDS = 4
-_MAX_MODEL_NAME_CHARS = 256
-_decode_json = msgspec.json.Decoder().decode
-_encode_json = msgspec.json.Encoder().encode
 
 
 def canonical_path(raw_path: bytes) -> str:
@@ -75,31 +73,3 @@ def resolve(method: str, raw_path: bytes) -> Endpoint:
     if canonical == "/api" or canonical.startswith("/api/"):
         raise Forbidden
     raise NotFound
-
-
-def shape_request(endpoint: Endpoint, body: bytes, max_num_predict: int) -> Routed:
-    """Check an Ollama request body and cap how many tokens it may ask the model for."""
-    try:
-        payload = _decode_json(body)
-    except msgspec.DecodeError:
-        raise InvalidRequest("the request body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    model = payload.get("model")
-    if not isinstance(model, str) or not 0 < len(model) <= _MAX_MODEL_NAME_CHARS:
-        raise InvalidRequest('"model" must be a non-empty string')
-    stream = payload.get("stream", endpoint.stream_by_default)
-    if not isinstance(stream, bool):
-        raise InvalidRequest('"stream" must be true or false')
-    options = payload.get("options")
-    if options is None:
-        options = payload["options"] = {}
-    elif not isinstance(options, dict):
-        raise InvalidRequest('"options" must be an object')
-    num_predict = options.get("num_predict")
-    if num_predict is not None and type(num_predict) is not int:
-        raise InvalidRequest('"options.num_predict" must be an integer')
-    # Ollama reads a negative num_predict as "no limit", which is exactly what the cap forbids.
-    if num_predict is None or num_predict < 0 or num_predict > max_num_predict:
-        num_predict = options["num_predict"] = max_num_predict
-    return Routed(model, stream, _encode_json(payload), max_completion_tokens=num_predict)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import anyio
 
 from gateway.chain.route import Endpoint
+from gateway.chain.route import Protocol as WireProtocol
 from gateway.chain.values import Outcome, Routed
 from gateway.errors import (
     BadGateway,
@@ -18,10 +20,29 @@ from gateway.errors import (
 )
 from gateway.http import Receive, Request, Responder
 from gateway.upstream.backend import Backend
-from gateway.upstream.usage import NdjsonUsage
+from gateway.upstream.sse import JsonUsage, SseUsage
+from gateway.upstream.usage import NdjsonUsage, Usage
 
 NDJSON = b"application/x-ndjson"
+SSE = b"text/event-stream; charset=utf-8"
 JSON = b"application/json; charset=utf-8"
+
+
+class UsageReader(Protocol):
+    usage: Usage | None
+    frames: int
+
+    def feed(self, chunk: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
+def _reader(protocol: WireProtocol, routed: Routed) -> tuple[bytes, UsageReader]:
+    """The content type to answer with, and what reads counts out of the answer on its way."""
+    if protocol is WireProtocol.OLLAMA:
+        return (NDJSON if routed.stream else JSON), NdjsonUsage()
+    if routed.stream:
+        return SSE, SseUsage(strip_usage=routed.strip_usage)
+    return JSON, JsonUsage()
 
 
 class EndedEarly(BadGateway):
@@ -92,21 +113,25 @@ class Relay:
             if upstream.status != 200:
                 await upstream.discard()
                 raise upstream_status_error(upstream.status)
+            content_type, usage = _reader(endpoint.protocol, routed)
             headers = [
-                (b"content-type", NDJSON if routed.stream else JSON),
+                (b"content-type", content_type),
                 (b"cache-control", b"no-store"),
                 *extra_headers,
             ]
             await responder.start(200, headers)
             outcome.status = 200
-            usage = NdjsonUsage()
             try:
                 async for chunk in upstream.chunks():
                     if outcome.ttfb_s is None:
                         outcome.ttfb_s = time.perf_counter() - started_s
-                    usage.feed(chunk)
-                    await responder.chunk(chunk)
-                outcome.usage = usage.finish()
+                    forward = usage.feed(chunk)
+                    if forward:
+                        await responder.chunk(forward)
+                tail = usage.finish()
+                if tail:
+                    await responder.chunk(tail)
+                outcome.usage = usage.usage
                 if outcome.usage is None:
                     raise EndedEarly
             except GatewayError as exc:

@@ -59,6 +59,7 @@ class Routed(msgspec.Struct, frozen=True):
     stream: bool
     body: bytes
     max_completion_tokens: int
+    strip_usage: bool = False  # the gateway asked for a usage event the client did not
 
 
 class Outcome(msgspec.Struct):

@@ -35,23 +35,25 @@ class NdjsonUsage:
         # Streamed Ollama answers carry one token a line: the count a broken stream is charged.
         self.frames = 0
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> bytes:
+        """Returns what to forward: always the chunk itself, untouched."""
         if b"\n" not in chunk:
             self._pending.append(chunk)
-            return
+            return chunk
         data = b"".join((*self._pending, chunk)) if self._pending else chunk
         *lines, tail = data.split(b"\n")
         self._pending = [tail] if tail else []
         self.frames += len(lines)
         for line in lines:
             self._inspect(line)
+        return chunk
 
-    def finish(self) -> Usage | None:
+    def finish(self) -> bytes:
         """Call once the stream ended: a body without a trailing newline is a line too."""
         if self._pending:
             self._inspect(b"".join(self._pending))
             self._pending = []
-        return self.usage
+        return b""
 
     def _inspect(self, line: bytes) -> None:
         if b"eval_count" not in line:

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.chain.route import MUTATING, TABLE, canonical_path, resolve, shape_request
+from gateway.chain.route import MUTATING, TABLE, canonical_path, resolve
+from gateway.chain.shape import shape_request
 from gateway.errors import Forbidden, InvalidRequest, MethodNotAllowed, NotFound
 
 CHAT = TABLE["/api/chat"]
@@ -59,7 +60,7 @@ def test_every_variant_of_an_unlisted_api_path_is_forbidden(raw: bytes) -> None:
         resolve("POST", raw)
 
 
-@pytest.mark.parametrize("raw", [b"/", b"/favicon.ico", b"/v1/chat/completions", b"/apix"])
+@pytest.mark.parametrize("raw", [b"/", b"/favicon.ico", b"/v1/nothing", b"/apix"])
 def test_other_paths_are_not_found(raw: bytes) -> None:
     with pytest.raises(NotFound):
         resolve("GET", raw)
@@ -98,7 +99,7 @@ def _options(body: bytes) -> dict[str, object]:
 def test_num_predict_is_capped(asked: int | None, sent: int) -> None:
     options = {} if asked is None else {"num_predict": asked}
     body = msgspec.json.encode({"model": "m", "options": options, "messages": []})
-    routed = shape_request(CHAT, body, max_num_predict=100)
+    routed = shape_request(CHAT, body, max_completion_tokens=100)
     assert _options(routed.body)["num_predict"] == sent
     assert routed.model == "m"
     assert routed.stream is True
@@ -106,7 +107,7 @@ def test_num_predict_is_capped(asked: int | None, sent: int) -> None:
 
 def test_stream_flag_and_other_fields_pass_through() -> None:
     body = b'{"model":"m","stream":false,"options":null,"keep_alive":"5m","format":"json"}'
-    routed = shape_request(CHAT, body, max_num_predict=7)
+    routed = shape_request(CHAT, body, max_completion_tokens=7)
     decoded = msgspec.json.decode(routed.body)
     assert routed.stream is False
     assert decoded["keep_alive"] == "5m"
@@ -133,4 +134,4 @@ def test_stream_flag_and_other_fields_pass_through() -> None:
 )
 def test_bad_bodies_are_invalid_requests(body: bytes) -> None:
     with pytest.raises(InvalidRequest):
-        shape_request(CHAT, body, max_num_predict=7)
+        shape_request(CHAT, body, max_completion_tokens=7)

@@ -20,8 +20,9 @@ STREAM = b"\n".join(LINES) + b"\n"
 def read(chunks: list[bytes]) -> Usage | None:
     usage = NdjsonUsage()
     for chunk in chunks:
-        usage.feed(chunk)
-    return usage.finish()
+        assert usage.feed(chunk) == chunk
+    assert usage.finish() == b""
+    return usage.usage
 
 
 @given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
