@@ -20,6 +20,7 @@ FULL_COVERAGE_FILES = (
     "gateway/chain/limits.py",
     "gateway/chain/budget.py",
     "gateway/ledger.py",
+    "gateway/models.py",
     "gateway/keys.py",
 )
 

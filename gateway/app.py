@@ -13,10 +13,11 @@ import msgspec
 from gateway import __version__
 from gateway.chain import route
 from gateway.chain.budget import prompt_tokens_bound
+from gateway.chain.catalog import local_answer
 from gateway.chain.shape import shape_request
 from gateway.chain.values import Outcome
 from gateway.config import Settings, load_settings
-from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.errors import GatewayError, ModelNotFound, ServiceUnavailable
 from gateway.http import ClientDisconnected, Receive, Request, Responder, Scope, Send, read_body
 from gateway.services import Readiness, Services
 
@@ -109,8 +110,14 @@ class Gateway:
             request.header_values(b"authorization")
         )
         endpoint = route.resolve(request.method, request.raw_path)
+        if endpoint.kind in route.LOCAL:
+            await responder.whole(200, local_answer(endpoint.kind, principal, services.discovery))
+            return
         body = await read_body(request, receive, self.settings.max_request_body_bytes)
         routed = shape_request(endpoint, body, self.settings.max_num_predict)
+        # Not allowed and not there look the same: a caller learns nothing about other models.
+        if not principal.models.permits(routed.model, services.discovery.models()):
+            raise ModelNotFound
         grant = await services.admission.admit(
             principal, prompt_tokens_bound(len(body)), routed.max_completion_tokens
         )
@@ -122,7 +129,7 @@ class Gateway:
         finally:
             # After the last byte, and even when the client left: never delays the answer.
             with anyio.CancelScope(shield=True):
-                await services.admission.settle(grant, outcome.usage, outcome.completion_frames)
+                await services.admission.settle(grant, outcome)
 
 
 def create_app() -> Gateway:

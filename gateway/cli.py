@@ -8,14 +8,15 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import anyio
 import msgspec
-from cyclopts import App
+from cyclopts import App, Parameter
 
 from gateway import __version__
 from gateway.cli_common import CliError, Json, cli_settings, print_json, print_table, with_database
+from gateway.cli_models import models
 from gateway.cli_quota import budgets, limits
 from gateway.cli_usage import usage
 from gateway.config import ConfigError, Settings, load_settings
@@ -33,6 +34,7 @@ app.command(keys)
 app.command(limits)
 app.command(budgets)
 app.command(usage)
+app.command(models)
 
 
 @app.command
@@ -92,12 +94,23 @@ def migrate(*, status: bool = False) -> None:
 
 
 @tenants.command(name="create")
-def tenants_create(name: str, *, json: Json = False) -> None:
-    """Create a tenant."""
+def tenants_create(
+    name: str,
+    *,
+    allow_all_models: Annotated[bool, Parameter(negative=())] = False,
+    json: Json = False,
+) -> None:
+    """Create a tenant. It may use no model until `gateway models allow` says which.
+
+    Parameters
+    ----------
+    allow_all_models
+        Let it use every model the backends serve, from the start.
+    """
 
     async def work(database: Database) -> Any:
         try:
-            return await database.create_tenant(name)
+            return await database.create_tenant_with_models(name, allow_all_models=allow_all_models)
         except Conflict:
             raise CliError(f"tenant '{name}' already exists") from None
         except Rejected:
@@ -112,6 +125,10 @@ def tenants_create(name: str, *, json: Json = False) -> None:
         print_json(tenant)
     else:
         print(f"created tenant '{tenant.name}' ({tenant.id})")
+        if tenant.allow_all_models:
+            print("it may use every model the backends serve")
+        else:
+            print(f"it may use no model yet: `gateway models allow --tenant {tenant.name} MODEL…`")
 
 
 @tenants.command(name="list")

@@ -21,6 +21,7 @@ from gateway.ledger import Ledger
 from gateway.store.pg import Database
 from gateway.store.redis import Cache
 from gateway.upstream.backend import Backend
+from gateway.upstream.discovery import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,12 @@ class Services:
         self.relay = Relay(backend)
         self.ledger = Ledger(database, flush_interval_s=settings.ledger_flush_interval_s)
         self.admission = Admission(cache, database, self.ledger, lease_ttl_s=settings.lease_ttl_s)
+        self.discovery = Discovery(
+            backend,
+            cache,
+            refresh_s=settings.model_discovery_refresh_s,
+            ttl_s=settings.model_discovery_cache_ttl_s,
+        )
 
     @classmethod
     @asynccontextmanager
@@ -121,6 +128,7 @@ class Services:
                 await tg.start(services._follow_changes, tg)
                 await tg.start(services.ledger.run)
                 await tg.start(services.admission.keep_leases)
+                await tg.start(services.discovery.run)
                 try:
                     yield services
                 finally:

@@ -21,7 +21,7 @@ from gateway.chain.limits import (
     ratelimit_headers,
     refusal,
 )
-from gateway.chain.values import Principal
+from gateway.chain.values import Outcome, Principal
 from gateway.errors import ServiceUnavailable
 from gateway.ledger import Ledger
 from gateway.store.pg import Database
@@ -129,11 +129,13 @@ class Admission:
             a + b for a, b in zip(msgspec.structs.astuple(durable), unflushed, strict=True)
         )
 
-    async def settle(self, grant: Grant, usage: Usage | None, completion_frames: int) -> None:
-        """Release the lease, count real tokens; a broken stream counts what it produced."""
+    async def settle(self, grant: Grant, outcome: Outcome) -> None:
+        """Release the lease, count real tokens. An answer that came without counts (a broken
+        stream, a backend that reports none) is charged its prompt bound and what it produced."""
         self._in_flight.pop(grant.member, None)
-        if usage is None and completion_frames:
-            usage = Usage(grant.reserved_prompt_tokens, completion_frames)
+        usage = outcome.usage
+        if usage is None and outcome.status == 200:
+            usage = Usage(grant.reserved_prompt_tokens, outcome.completion_frames)
         prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
         principal = grant.principal
         self._ledger.record(

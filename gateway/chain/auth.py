@@ -18,6 +18,7 @@ from gateway.chain.limits import effective_limits
 from gateway.chain.values import Principal
 from gateway.errors import Unauthorized
 from gateway.keys import KeyHasher, cache_digest, parse_key
+from gateway.models import effective_access
 from gateway.store.pg import Database, KeyRecord
 from gateway.store.redis import Cache
 
@@ -159,6 +160,12 @@ class Authenticator:
             budgets=effective_budgets(
                 (record.key_daily, record.key_monthly, record.key_total),
                 (record.tenant_daily, record.tenant_monthly, record.tenant_total),
+            ),
+            models=effective_access(
+                record.key_allow_all,
+                record.key_allowed,
+                record.tenant_allow_all,
+                record.tenant_allowed,
             ),
         )
         if valid_until_s is not None and valid_until_s <= now_s:

@@ -22,21 +22,46 @@ class Protocol(enum.Enum):
     OPENAI = "openai"
 
 
+class Kind(enum.Enum):
+    GENERATE = "generate"  # tokens out: capped, reserved, counted
+    EMBED = "embed"  # vectors out: prompt tokens only
+    SHOW = "show"  # model details, rewritten before the client sees them
+    TAGS = "tags"  # answered by the gateway from discovery
+    MODELS = "models"
+    VERSION = "version"
+
+
+LOCAL = frozenset({Kind.TAGS, Kind.MODELS, Kind.VERSION})
+
+
 class Endpoint(msgspec.Struct, frozen=True):
     method: str
     path: str
-    upstream_path: str
+    kind: Kind
     protocol: Protocol
-    stream_by_default: bool
+    stream_by_default: bool = False
+
+    @property
+    def upstream_path(self) -> str:
+        # The same path upstream: backends speak the very API the gateway exposes.
+        return self.path
 
 
+_OLLAMA, _OPENAI = Protocol.OLLAMA, Protocol.OPENAI
 TABLE: dict[str, Endpoint] = {
     endpoint.path: endpoint
     for endpoint in (
-        Endpoint("POST", "/api/chat", "/api/chat", Protocol.OLLAMA, stream_by_default=True),
-        Endpoint("POST", "/api/generate", "/api/generate", Protocol.OLLAMA, True),
-        Endpoint("POST", "/v1/chat/completions", "/v1/chat/completions", Protocol.OPENAI, False),
-        Endpoint("POST", "/v1/completions", "/v1/completions", Protocol.OPENAI, False),
+        Endpoint("POST", "/api/chat", Kind.GENERATE, _OLLAMA, stream_by_default=True),
+        Endpoint("POST", "/api/generate", Kind.GENERATE, _OLLAMA, stream_by_default=True),
+        Endpoint("POST", "/api/embed", Kind.EMBED, _OLLAMA),
+        Endpoint("POST", "/api/embeddings", Kind.EMBED, _OLLAMA),
+        Endpoint("POST", "/api/show", Kind.SHOW, _OLLAMA),
+        Endpoint("GET", "/api/tags", Kind.TAGS, _OLLAMA),
+        Endpoint("GET", "/api/version", Kind.VERSION, _OLLAMA),
+        Endpoint("POST", "/v1/chat/completions", Kind.GENERATE, _OPENAI),
+        Endpoint("POST", "/v1/completions", Kind.GENERATE, _OPENAI),
+        Endpoint("POST", "/v1/embeddings", Kind.EMBED, _OPENAI),
+        Endpoint("GET", "/v1/models", Kind.MODELS, _OPENAI),
     )
 }
 

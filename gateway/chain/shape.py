@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.chain.route import Endpoint, Protocol
+from gateway.chain.route import Endpoint, Kind, Protocol
 from gateway.chain.values import Routed
 from gateway.errors import InvalidRequest
 
@@ -25,6 +25,9 @@ def shape_request(endpoint: Endpoint, body: bytes, max_completion_tokens: int) -
     model = payload.get("model")
     if not isinstance(model, str) or not 0 < len(model) <= _MAX_MODEL_NAME_CHARS:
         raise InvalidRequest('"model" must be a non-empty string')
+    if endpoint.kind is not Kind.GENERATE:
+        # Embeddings and model details produce no completion: nothing to cap, sent as given.
+        return Routed(model, False, body, max_completion_tokens=0)
     stream = payload.get("stream", endpoint.stream_by_default)
     if stream is None and endpoint.protocol is Protocol.OPENAI:
         stream = False

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import anyio
 
-from gateway.chain.route import Endpoint
+from gateway.chain.route import Endpoint, Kind
 from gateway.chain.route import Protocol as WireProtocol
 from gateway.chain.values import Outcome, Routed
 from gateway.errors import (
@@ -20,6 +20,7 @@ from gateway.errors import (
 )
 from gateway.http import Receive, Request, Responder
 from gateway.upstream.backend import Backend
+from gateway.upstream.show import StrippedShow
 from gateway.upstream.sse import JsonUsage, SseUsage
 from gateway.upstream.usage import NdjsonUsage, Usage
 
@@ -36,9 +37,13 @@ class UsageReader(Protocol):
     def finish(self) -> bytes: ...
 
 
-def _reader(protocol: WireProtocol, routed: Routed) -> tuple[bytes, UsageReader]:
+def _reader(endpoint: Endpoint, routed: Routed) -> tuple[bytes, UsageReader]:
     """The content type to answer with, and what reads counts out of the answer on its way."""
-    if protocol is WireProtocol.OLLAMA:
+    if endpoint.kind is Kind.SHOW:
+        return JSON, StrippedShow()
+    if endpoint.kind is Kind.EMBED:
+        return JSON, JsonUsage()
+    if endpoint.protocol is WireProtocol.OLLAMA:
         return (NDJSON if routed.stream else JSON), NdjsonUsage()
     if routed.stream:
         return SSE, SseUsage(strip_usage=routed.strip_usage)
@@ -113,7 +118,7 @@ class Relay:
             if upstream.status != 200:
                 await upstream.discard()
                 raise upstream_status_error(upstream.status)
-            content_type, usage = _reader(endpoint.protocol, routed)
+            content_type, usage = _reader(endpoint, routed)
             headers = [
                 (b"content-type", content_type),
                 (b"cache-control", b"no-store"),
@@ -132,7 +137,8 @@ class Relay:
                 if tail:
                     await responder.chunk(tail)
                 outcome.usage = usage.usage
-                if outcome.usage is None:
+                if outcome.usage is None and routed.stream:
+                    # A stream always ends with its counts; without them it was cut short.
                     raise EndedEarly
             except GatewayError as exc:
                 # Headers are gone already: the only honest signal left is a final error frame.

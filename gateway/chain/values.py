@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from gateway.models import ModelAccess
 from gateway.upstream.usage import Usage
 
 
@@ -50,6 +51,7 @@ class Principal(msgspec.Struct, frozen=True, array_like=True):
     expires_at_s: float | None  # wall-clock epoch seconds; None never expires
     limits: Limits
     budgets: Budgets
+    models: ModelAccess
 
 
 class Routed(msgspec.Struct, frozen=True):

@@ -53,6 +53,10 @@ class KeyRecord(msgspec.Struct, frozen=True):
     tenant_daily: int | None
     tenant_monthly: int | None
     tenant_total: int | None
+    key_allow_all: bool | None
+    key_allowed: list[str] | None
+    tenant_allow_all: bool
+    tenant_allowed: list[str]
 
 
 class UsageRow(msgspec.Struct, frozen=True):
@@ -296,6 +300,75 @@ class Database:
             LedgerNow, queries.LEDGER_NOW, tenant_ids=tenant_ids, day=day, month=month
         )
 
+    async def create_tenant_with_models(
+        self, name: str, *, allow_all_models: bool
+    ) -> CreatedTenant:
+        """As `create_tenant`, choosing whether it may use every discovered model."""
+        rows = await self._fetch(
+            CreatedTenant,
+            queries.CREATE_TENANT_WITH_MODELS,
+            name=name,
+            allow_all_models=allow_all_models,
+        )
+        return rows[0]
+
+    async def models_of(
+        self, *, tenant: str | None = None, key_id: str | None = None
+    ) -> ModelsRow | None:
+        """A key's model access as stored, with its tenant's (by key id), or a tenant's alone
+        (by name). None when no such key or tenant."""
+        read = queries.KEY_MODELS if key_id is not None else queries.TENANT_MODELS
+        rows = await self._fetch(ModelsRow, read, tenant=tenant, key_id=key_id)
+        return rows[0] if rows else None
+
+    async def change_models(
+        self,
+        decide: Callable[[ModelsRow], ModelsUpdate | None],
+        *,
+        tenant: str | None = None,
+        key_id: str | None = None,
+    ) -> tuple[ModelsRow, ModelsRow] | None:
+        """Lock a key's (by id) or a tenant's (by name) model access, let `decide` turn it into
+        new values (None: leave it as it is), write them and announce the change on
+        `gateway_principals`, in one transaction. `decide` may raise to change nothing.
+
+        Returns (before, after); None when no such key or tenant.
+        """
+        by_key = key_id is not None
+        locked_read = queries.KEY_MODELS_FOR_UPDATE if by_key else queries.TENANT_MODELS_FOR_UPDATE
+        read = queries.KEY_MODELS if by_key else queries.TENANT_MODELS
+        params: dict[str, Any] = {"tenant": tenant, "key_id": key_id}
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            async with self._pool.connection() as conn, conn.transaction():
+                cursor = conn.cursor(row_factory=kwargs_row(ModelsRow))
+                await cursor.execute(locked_read, params)
+                before = await cursor.fetchone()
+                if before is None:
+                    return None
+                update = decide(before)
+                if update is None:
+                    return before, before
+                if not by_key and (update.allow_all is None or update.allowed is None):
+                    raise ValueError("a tenant's model access has no one to inherit from")
+                write = queries.SET_KEY_MODELS if by_key else queries.SET_TENANT_MODELS
+                changed = await (
+                    await conn.execute(
+                        write,
+                        {
+                            **params,
+                            "tenant_id": before.tenant_id,
+                            "allow_all": update.allow_all,
+                            "allowed": update.allowed,
+                        },
+                    )
+                ).fetchone()
+                assert changed is not None  # the row is locked
+                await conn.execute(queries.NOTIFY_PRINCIPALS, {"subject": changed[0]})
+                await cursor.execute(read, params)
+                after = await cursor.fetchone()
+                assert after is not None
+                return before, after
+
 
 class _Id(msgspec.Struct):
     id: Any
@@ -354,3 +427,31 @@ class LedgerNow(msgspec.Struct, frozen=True):
     period: str
     used: int
     requests: int
+
+
+class CreatedTenant(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    created_at: datetime
+    allow_all_models: bool
+    active_keys: int = 0
+
+
+class ModelsRow(msgspec.Struct, frozen=True):
+    """A key's model access as stored, with its tenant's; for a tenant alone the key fields are
+    None. A key's None inherits its tenant's value."""
+
+    tenant_id: str
+    tenant_name: str
+    key_id: str | None
+    key_allow_all: bool | None
+    key_allowed: list[str] | None
+    tenant_allow_all: bool
+    tenant_allowed: list[str]
+
+
+class ModelsUpdate(msgspec.Struct, frozen=True):
+    """New values for a scope's two model columns; None (keys only) inherits the tenant's."""
+
+    allow_all: bool | None
+    allowed: list[str] | None

@@ -10,7 +10,9 @@ SELECT k.id AS key_id, k.name AS key_name, t.id::text AS tenant_id, t.name AS te
        t.rpm AS tenant_rpm, t.tpm AS tenant_tpm, t.concurrent AS tenant_concurrent,
        k.budget_daily_tokens AS key_daily, k.budget_monthly_tokens AS key_monthly,
        k.budget_total_tokens AS key_total, t.budget_daily_tokens AS tenant_daily,
-       t.budget_monthly_tokens AS tenant_monthly, t.budget_total_tokens AS tenant_total
+       t.budget_monthly_tokens AS tenant_monthly, t.budget_total_tokens AS tenant_total,
+       k.allow_all_models AS key_allow_all, k.allowed_models AS key_allowed,
+       t.allow_all_models AS tenant_allow_all, t.allowed_models AS tenant_allowed
 FROM gateway.api_keys k JOIN gateway.tenants t ON t.id = k.tenant_id
 WHERE k.id = %(key_id)s
 """
@@ -165,4 +167,46 @@ WHERE tenant_id = ANY(%(tenant_ids)s::uuid[])
   AND ((period = 'day' AND period_start = %(day)s)
     OR (period = 'month' AND period_start = %(month)s)
     OR (period = 'total' AND period_start = '1970-01-01'))
+"""
+
+CREATE_TENANT_WITH_MODELS = """
+INSERT INTO gateway.tenants (name, allow_all_models) VALUES (%(name)s, %(allow_all_models)s)
+RETURNING id::text AS id, name, created_at, allow_all_models
+"""
+
+# Model access as stored, for `gateway models`: a key's NULL inherits its tenant's value.
+KEY_MODELS = """
+SELECT t.id::text AS tenant_id, t.name AS tenant_name, k.id AS key_id,
+       k.allow_all_models AS key_allow_all, k.allowed_models AS key_allowed,
+       t.allow_all_models AS tenant_allow_all, t.allowed_models AS tenant_allowed
+FROM gateway.api_keys k JOIN gateway.tenants t ON t.id = k.tenant_id
+WHERE k.id = %(key_id)s::text
+"""
+
+# A key's new setting is decided from its tenant's as well, so neither may change meanwhile.
+KEY_MODELS_FOR_UPDATE = KEY_MODELS + "FOR UPDATE OF k FOR SHARE OF t\n"
+
+# The same shape for a tenant alone: the key columns are NULL.
+TENANT_MODELS = """
+SELECT t.id::text AS tenant_id, t.name AS tenant_name, NULL::text AS key_id,
+       NULL::boolean AS key_allow_all, NULL::text[] AS key_allowed,
+       t.allow_all_models AS tenant_allow_all, t.allowed_models AS tenant_allowed
+FROM gateway.tenants t
+WHERE t.name = %(tenant)s::text
+"""
+
+TENANT_MODELS_FOR_UPDATE = TENANT_MODELS + "FOR UPDATE\n"
+
+SET_KEY_MODELS = """
+UPDATE gateway.api_keys
+SET allow_all_models = %(allow_all)s::boolean, allowed_models = %(allowed)s::text[]
+WHERE id = %(key_id)s::text
+RETURNING 'k:' || id AS subject
+"""
+
+SET_TENANT_MODELS = """
+UPDATE gateway.tenants
+SET allow_all_models = %(allow_all)s::boolean, allowed_models = %(allowed)s::text[]
+WHERE id = %(tenant_id)s::uuid
+RETURNING 't:' || id::text AS subject
 """

@@ -146,3 +146,12 @@ class Cache:
                     per_key[key_id] = per_key.get(key_id, 0) + int(tokens)
             reserved[tenant_id] = per_key
         return reserved
+
+    async def get_blob(self, name: str) -> bytes | None:
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            value = await self._client.get(name)
+        return value if isinstance(value, bytes) else None
+
+    async def put_blob(self, name: str, value: bytes, *, ttl_s: int) -> None:
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            await self._client.set(name, value, ex=max(ttl_s, 1))

@@ -15,6 +15,7 @@ from gateway.errors import BadGateway, GatewayTimeout
 
 # Read and thrown away, never shown: enough to let the connection be reused.
 _ERROR_BODY_LIMIT_BYTES = 64 * 1024
+_LISTING_LIMIT_BYTES = 8 * 1024 * 1024
 
 
 @contextmanager
@@ -136,6 +137,21 @@ class Backend:
             # Closing an unfinished body drops the connection, which stops the generation.
             with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
                 await response.aclose()
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """A small GET answered whole (a listing, not a generation); capped in size."""
+        response = await self._send("GET", path, b"", "discovery")
+        try:
+            body = bytearray()
+            with _mapped():
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > _LISTING_LIMIT_BYTES:
+                        raise BadGateway
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
+                await response.aclose()
+        return response.status_code, bytes(body)
 
     async def ping(self, timeout_s: float) -> bool:
         try:

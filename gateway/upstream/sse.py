@@ -20,6 +20,9 @@ class _Counts(msgspec.Struct):
 class _Chunk(msgspec.Struct):
     usage: _Counts | None = None
     choices: list[Any] = msgspec.field(default_factory=list)
+    # Ollama's own whole answers (embeddings) count this way instead.
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
@@ -74,7 +77,7 @@ class SseUsage:
 
 
 class JsonUsage:
-    """A whole (non-streamed) OpenAI answer: forwarded untouched, its `usage` read at the end."""
+    """A whole (non-streamed) answer: forwarded untouched, its counts read at the end."""
 
     __slots__ = ("_parts", "frames", "usage")
 
@@ -94,4 +97,6 @@ class JsonUsage:
             return b""
         if chunk.usage is not None:
             self.usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        elif chunk.prompt_eval_count is not None:
+            self.usage = Usage(chunk.prompt_eval_count, chunk.eval_count or 0)
         return b""

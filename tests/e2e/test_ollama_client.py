@@ -8,6 +8,7 @@ from typing import Any
 import ollama
 import pytest
 
+from gateway import __version__
 from gateway.app import Gateway
 from gateway.config import load_settings
 from tests.integration.test_walking_skeleton import create_key
@@ -68,3 +69,18 @@ async def test_the_ollama_client_generates_and_sees_our_errors(served: tuple[str
         with pytest.raises(ollama.ResponseError) as unauthorized:
             await stranger.chat(model="llama3.2:1b", messages=[])
     assert unauthorized.value.status_code == 401
+
+
+async def test_the_ollama_client_lists_shows_and_embeds(served: tuple[str, str]) -> None:
+    url, key = served
+    async with ollama.AsyncClient(host=url, headers={"Authorization": f"Bearer {key}"}) as client:
+        listed = await client.list()
+        shown = await client.show("llama3.2:1b")
+        embedded = await client.embed(model="llama3.2:1b", input=["one", "two"])
+        version = (await client._client.get("/api/version")).json()
+    assert sorted(m.model or "" for m in listed.models) == ["llama3.2:1b", "qwen2.5:0.5b"]
+    assert shown.template is None
+    assert shown.modelfile is None
+    assert shown.details is not None
+    assert len(embedded.embeddings) == 2
+    assert version["version"] == __version__

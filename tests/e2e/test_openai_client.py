@@ -101,3 +101,18 @@ async def test_the_sdk_raises_its_own_exception_classes(
             await client.chat.completions.create(model="llama3.2:1b", messages=MESSAGES)
     assert limited.value.code == "rate_limit_exceeded"
     assert 1 <= int(limited.value.response.headers["retry-after"]) <= 60
+
+
+def test_the_sync_client_lists_models_embeds_and_chats(served: tuple[str, str]) -> None:
+    base_url, key = served
+    with openai.OpenAI(base_url=base_url, api_key=key, max_retries=0) as client:
+        models = sorted(model.id for model in client.models.list())
+        vectors = client.embeddings.create(model="qwen2.5:0.5b", input=["a", "b"])
+        with client.chat.completions.create(
+            model="qwen2.5:0.5b", messages=MESSAGES, stream=True
+        ) as stream:
+            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert models == ["llama3.2:1b", "qwen2.5:0.5b"]
+    assert [item.index for item in vectors.data] == [0, 1]
+    assert vectors.usage.prompt_tokens > 0
+    assert text == ANSWER

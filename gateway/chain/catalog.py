@@ -1,0 +1,63 @@
+"""What the gateway answers itself: the caller's models (Ollama and OpenAI listings) and its own
+version. Built from discovery and filtered to the caller, never forwarded to a backend."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from gateway import __version__
+from gateway.chain.route import Kind
+from gateway.chain.values import Principal
+from gateway.upstream.discovery import Discovery
+
+
+class _Tags(msgspec.Struct):
+    models: list[msgspec.Raw]
+
+
+class _Modified(msgspec.Struct):
+    modified_at: datetime | None = None
+
+
+class _Model(msgspec.Struct):
+    id: str
+    created: int
+    object: str = "model"
+    owned_by: str = "library"
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_Model]
+    object: str = "list"
+
+
+class _Version(msgspec.Struct):
+    version: str
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_modified = msgspec.json.Decoder(_Modified).decode
+
+
+def _created_s(entry: msgspec.Raw) -> int:
+    try:
+        modified = _decode_modified(entry).modified_at
+    except msgspec.DecodeError:
+        return 0
+    return int(modified.timestamp()) if modified else 0
+
+
+def local_answer(kind: Kind, principal: Principal, discovery: Discovery) -> bytes:
+    if kind is Kind.VERSION:
+        return _encode(_Version(__version__))
+    names = principal.models.visible(discovery.models())
+    entries = discovery.entries(names)
+    if kind is Kind.TAGS:
+        return _encode(_Tags(entries))
+    return _encode(
+        _ModelList(
+            [_Model(name, _created_s(entry)) for name, entry in zip(names, entries, strict=True)]
+        )
+    )

@@ -1,0 +1,397 @@
+"""`gateway models allow|deny|inherit|list`: which models a tenant's or a key's callers may use.
+
+A key's unset setting inherits its tenant's; names are stored canonically (no tag is `:latest`).
+Changes commit with a NOTIFY that running gateways act on at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Annotated, Literal
+
+import msgspec
+from cyclopts import App, Parameter
+
+from gateway.cli_common import (
+    CliError,
+    Json,
+    cli_settings,
+    key_id_of,
+    print_json,
+    print_table,
+    with_cache,
+    with_database,
+)
+from gateway.cli_quota import Scope
+from gateway.config import Settings
+from gateway.models import (
+    DISCOVERED_SUFFIX,
+    DiscoveredCache,
+    ModelAccess,
+    canonical_model,
+    effective_access,
+)
+from gateway.store.pg import Database, ModelsRow, ModelsUpdate
+from gateway.store.redis import Cache
+
+models = App(name="models", help="Choose the models a tenant or a key may use.")
+
+Source = Literal["own", "tenant"]
+MAX_MODEL_NAME_CHARS = 256
+AllFlag = Annotated[bool, Parameter(name="--all", negative=(), help="Every model.")]
+
+_decode_discovered = msgspec.json.Decoder(DiscoveredCache).decode
+
+
+class ModelsSetting(msgspec.Struct, frozen=True):
+    """What a scope may use after a change: every discovered model, or the `allowed` ones."""
+
+    scope: Scope
+    tenant: str
+    key: str | None
+    allow_all: bool
+    source: Source
+    allowed: list[str]
+
+
+class ListedModel(msgspec.Struct, frozen=True):
+    name: str
+    discovered: bool | None  # None: the discovered set is unknown
+
+
+class ModelsInForce(msgspec.Struct, frozen=True):
+    """`models list`: the scope's models, each with whether a backend serves it right now."""
+
+    scope: Scope
+    tenant: str
+    key: str | None
+    allow_all: bool
+    source: Source
+    models: list[ListedModel]
+
+
+def model_names(names: tuple[str, ...]) -> list[str]:
+    """Canonical, deduplicated, sorted; exit 2 on a name no backend could serve."""
+    for name in names:
+        valid = (
+            0 < len(name) <= MAX_MODEL_NAME_CHARS
+            and name.isprintable()
+            and not any(char.isspace() for char in name)
+            and ":" not in (name[0], name[-1])  # an empty name or tag
+        )
+        if not valid:
+            raise CliError(
+                f"invalid model name {name!r}: use 1-{MAX_MODEL_NAME_CHARS} characters without "
+                "whitespace or control characters, as `name` or `name:tag`",
+                2,
+            )
+    return _canonical(names)
+
+
+def _canonical(names: Iterable[str]) -> list[str]:
+    return sorted({canonical_model(name) for name in names})
+
+
+def _access(row: ModelsRow) -> ModelAccess:
+    # A tenant's row has no key values, so this is the tenant's own setting.
+    return effective_access(
+        row.key_allow_all, row.key_allowed, row.tenant_allow_all, row.tenant_allowed
+    )
+
+
+def setting_of(settings: Settings, row: ModelsRow) -> ModelsSetting:
+    """The scope's models by the rules of `gateway.models.effective_access`."""
+    access = _access(row)
+    if row.key_id is None:
+        source: Source = "own"
+        scope: Scope = "tenant"
+        key = None
+    else:
+        own = row.key_allow_all if access.allow_all else row.key_allowed
+        source = "tenant" if own is None else "own"
+        scope = "key"
+        key = f"{settings.key_prefix}_{row.key_id}"
+    allowed = [] if access.allow_all else sorted(access.allowed)
+    return ModelsSetting(scope, row.tenant_name, key, access.allow_all, source, allowed)
+
+
+def _whose(shown: ModelsSetting | ModelsInForce) -> str:
+    return f"key {shown.key}" if shown.scope == "key" else f"tenant {shown.tenant}"
+
+
+def _from(shown: ModelsSetting | ModelsInForce) -> str:
+    if shown.scope == "tenant":
+        return ""
+    return " (own setting)" if shown.source == "own" else f" (inherited from tenant {shown.tenant})"
+
+
+def _stored(row: ModelsRow) -> tuple[bool | None, list[str] | None]:
+    """The scope's own two columns: the key's (None inherits) or the tenant's."""
+    if row.key_id is None:
+        return row.tenant_allow_all, row.tenant_allowed
+    return row.key_allow_all, row.key_allowed
+
+
+def _unless_same(row: ModelsRow, update: ModelsUpdate) -> ModelsUpdate | None:
+    return None if (update.allow_all, update.allowed) == _stored(row) else update
+
+
+def allowing(names: list[str] | None, row: ModelsRow) -> ModelsUpdate | None:
+    """`models allow`: every model (names None), or these added to the scope's own list."""
+    _, allowed = _stored(row)
+    if names is None:
+        return _unless_same(row, ModelsUpdate(True, allowed))
+    if _access(row).allow_all:
+        return None  # it may use them already
+    # A key's own list pins its own allow_all too: the list is the whole of its setting.
+    start = _canonical(allowed) if allowed is not None else []
+    return _unless_same(row, ModelsUpdate(False, sorted({*start, *names})))
+
+
+def denying(settings: Settings, names: list[str] | None, row: ModelsRow) -> ModelsUpdate | None:
+    """`models deny`: nothing at all (names None), or these removed from the scope's list."""
+    if names is None:
+        return _unless_same(row, ModelsUpdate(False, []))
+    if _access(row).allow_all:
+        shown = setting_of(settings, row)
+        raise CliError(
+            f"{_whose(shown)} is allowed all models{_from(shown)}; use `models deny --all` "
+            "first, then allow the ones it may use",
+            2,
+        )
+    _, allowed = _stored(row)
+    # A key that follows its tenant's list keeps the rest of it, as its own list.
+    start = _canonical(allowed if allowed is not None else row.tenant_allowed)
+    return _unless_same(row, ModelsUpdate(False, sorted(set(start) - set(names))))
+
+
+def _one_scope(tenant: str | None, key: str | None) -> None:
+    if (tenant is None) == (key is None):
+        raise CliError("give exactly one of --tenant NAME and --key PREFIX", 2)
+
+
+def _names_or_all(names: tuple[str, ...], all_models: bool) -> list[str] | None:
+    """The canonical names, or None for `--all`."""
+    if bool(names) == all_models:
+        raise CliError("give model names or --all, not both and not neither", 2)
+    return None if all_models else model_names(names)
+
+
+def _change(
+    settings: Settings,
+    tenant: str | None,
+    key: str | None,
+    decide: Callable[[ModelsRow], ModelsUpdate | None],
+) -> tuple[ModelsRow, ModelsRow]:
+    """Commit the change with its NOTIFY, then drop what Redis cached from before it."""
+    key_id = key_id_of(key, settings) if key is not None else None
+
+    async def work(database: Database) -> tuple[tuple[ModelsRow, ModelsRow] | None, list[str]]:
+        rows = await database.change_models(decide, tenant=tenant, key_id=key_id)
+        if rows is None or rows[0] == rows[1]:
+            return rows, []
+        if key_id is not None:
+            return rows, [key_id]
+        return rows, [k.key_id for k in await database.list_keys(tenant)]
+
+    rows, key_ids = with_database(settings, work)
+    if rows is None:
+        raise CliError(f"no key with prefix '{key}'" if key else f"no tenant named '{tenant}'")
+    before, after = rows
+    if before == after:
+        return rows
+    if settings.redis_url.reveal():
+        warning = (
+            "could not reach Redis; gateways that missed the change notice apply it when their "
+            f"cached key expires (within {settings.redis_key_cache_ttl_s} s)"
+        )
+        with_cache(settings, partial(_evict, key_ids), warning=warning)
+    # Again, now that Redis holds nothing stale: a gateway that re-read the old setting from
+    # Redis between the first notice and the eviction drops it now.
+    subject = f"k:{after.key_id}" if after.key_id else f"t:{after.tenant_id}"
+    with_database(settings, lambda database: database.notify_principals(subject))
+    return rows
+
+
+async def _evict(key_ids: list[str], cache: Cache) -> None:
+    for key_id in key_ids:
+        await cache.evict_key(key_id)
+
+
+def _show(
+    settings: Settings, rows: tuple[ModelsRow, ModelsRow], json: bool, notes: list[str]
+) -> None:
+    """The setting after a change; in words, with what the operator may not expect."""
+    before, after = rows
+    shown = setting_of(settings, after)
+    if json:
+        print_json(shown)
+        return
+    if before == after:
+        notes.append("nothing changed")
+    if before.key_id is not None and before.key_allowed is None and after.key_allowed is not None:
+        notes.append(
+            f"key {shown.key} now has its own model list and no longer follows tenant "
+            f"{shown.tenant}'s (`gateway models inherit --key {shown.key}` undoes this)"
+        )
+    for note in notes:
+        print(note)
+    what = "all models" if shown.allow_all else ", ".join(shown.allowed) or "no models"
+    print(f"models for {_whose(shown)}{_from(shown)}: {what}")
+
+
+@models.command(name="allow")
+def models_allow(
+    *names: str,
+    tenant: str | None = None,
+    key: str | None = None,
+    all_models: AllFlag = False,
+    json: Json = False,
+) -> None:
+    """Let a tenant or a key use these models (`name` means `name:latest`), or every model.
+
+    Parameters
+    ----------
+    names
+        Models to add to the scope's list. A key that follows its tenant's list gets its own.
+    tenant
+        The tenant's setting: its keys follow it unless they have their own.
+    key
+        One key's setting: `gw_<id>` or the bare 12-character id.
+    """
+    _one_scope(tenant, key)
+    chosen = _names_or_all(names, all_models)
+    settings = cli_settings()
+    rows = _change(settings, tenant, key, partial(allowing, chosen))
+    shown = setting_of(settings, rows[1])
+    notes = []
+    if chosen is not None and shown.allow_all:
+        notes.append(f"{_whose(shown)} may use all models already{_from(shown)}")
+    _show(settings, rows, json, notes)
+
+
+@models.command(name="deny")
+def models_deny(
+    *names: str,
+    tenant: str | None = None,
+    key: str | None = None,
+    all_models: AllFlag = False,
+    json: Json = False,
+) -> None:
+    """Stop a tenant or a key using these models, or any model (`--all` also empties its list).
+
+    Parameters
+    ----------
+    names
+        Models to remove from the scope's list. A key that follows its tenant's list gets its
+        own: the tenant's without these.
+    tenant
+        The tenant's setting: its keys follow it unless they have their own.
+    key
+        One key's setting: `gw_<id>` or the bare 12-character id.
+    """
+    _one_scope(tenant, key)
+    chosen = _names_or_all(names, all_models)
+    settings = cli_settings()
+    rows = _change(settings, tenant, key, partial(denying, settings, chosen))
+    allowed_before = setting_of(settings, rows[0]).allowed
+    missing = [name for name in chosen or () if name not in allowed_before]
+    notes = [f"not allowed before either: {', '.join(missing)}"] if missing else []
+    _show(settings, rows, json, notes)
+
+
+@models.command(name="inherit")
+def models_inherit(*, key: str, json: Json = False) -> None:
+    """Make a key follow its tenant's models again (drop the key's own setting).
+
+    Parameters
+    ----------
+    key
+        The key: `gw_<id>` or the bare 12-character id.
+    """
+    settings = cli_settings()
+    rows = _change(settings, None, key, partial(_unless_same, update=ModelsUpdate(None, None)))
+    _show(settings, rows, json, [])
+
+
+def discovered_models(settings: Settings) -> frozenset[str] | None:
+    """The models the gateways discovered, from their shared cache; None (with a warning on
+    stderr) when that cannot be known."""
+    if not settings.redis_url.reveal():
+        print(
+            "warning: REDIS_URL is not set; whether models are discovered is unknown",
+            file=sys.stderr,
+        )
+        return None
+
+    async def read(cache: Cache) -> list[DiscoveredCache]:
+        # A list, so that "nothing shared" ([]) differs from "Redis unreachable" (None).
+        blob = await cache.get_blob(f"{cache.prefix}:{DISCOVERED_SUFFIX}")
+        try:
+            return [] if blob is None else [_decode_discovered(blob)]
+        except msgspec.DecodeError:
+            return []
+
+    unknown = "whether models are discovered is unknown"
+    found = with_cache(settings, read, warning=f"could not reach Redis; {unknown}")
+    if found is None:
+        return None
+    shared = found[0] if found else None
+    if shared is None or time.time() - shared.at_s > settings.model_discovery_cache_ttl_s:
+        print(f"warning: no gateway has discovered models lately; {unknown}", file=sys.stderr)
+        return None
+    return frozenset(canonical_model(name) for name in shared.models)
+
+
+def models_in_force(
+    settings: Settings, row: ModelsRow, discovered: frozenset[str] | None
+) -> ModelsInForce:
+    setting = setting_of(settings, row)
+    if setting.allow_all:
+        listed = [ListedModel(name, True) for name in sorted(discovered or ())]
+    else:
+        listed = [
+            ListedModel(name, None if discovered is None else name in discovered)
+            for name in setting.allowed
+        ]
+    return ModelsInForce(
+        setting.scope, setting.tenant, setting.key, setting.allow_all, setting.source, listed
+    )
+
+
+@models.command(name="list")
+def models_list(*, tenant: str | None = None, key: str | None = None, json: Json = False) -> None:
+    """Show the models a tenant or a key may use, and whether a backend serves each right now.
+
+    Parameters
+    ----------
+    tenant
+        The tenant's own setting.
+    key
+        One key's setting, after inheriting its tenant's: `gw_<id>` or the bare 12-character id.
+    """
+    _one_scope(tenant, key)
+    settings = cli_settings()
+    key_id = key_id_of(key, settings) if key is not None else None
+    row = with_database(settings, lambda database: database.models_of(tenant=tenant, key_id=key_id))
+    if row is None:
+        raise CliError(f"no key with prefix '{key}'" if key else f"no tenant named '{tenant}'")
+    discovered = discovered_models(settings)
+    shown = models_in_force(settings, row, discovered)
+    if json:
+        print_json(shown)
+        return
+    head = f"models for {_whose(shown)}{_from(shown)}:"
+    if not shown.models:
+        if not shown.allow_all:
+            print(f"{head} no models")
+        else:
+            why = "discovery unknown" if discovered is None else "none discovered right now"
+            print(f"{head} all models ({why})")
+        return
+    print(f"{head} all models, of which discovered now:" if shown.allow_all else head)
+    answer = {True: "yes", False: "no", None: "unknown"}
+    print_table(["model", "discovered"], [(m.name, answer[m.discovered]) for m in shown.models])
