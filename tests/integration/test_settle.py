@@ -109,7 +109,7 @@ async def test_redis_lost_mid_stream_still_finishes_and_the_ledger_keeps_the_tok
 
 
 async def test_the_ledger_keeps_what_postgres_refused_and_counts_it_as_unflushed(
-    own_postgres: Any,
+    own_postgres: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     periods = periods_at(datetime.now(UTC))
     tenant = "00000000-0000-0000-0000-000000000001"
@@ -123,9 +123,12 @@ async def test_the_ledger_keeps_what_postgres_refused_and_counts_it_as_unflushed
         with pytest.raises(ServiceUnavailable):
             await ledger.flush()
         assert ledger.unflushed(tenant, "keyAAAAAAAAA", periods) == (15, 15, 15, 17, 17, 17)
-        own_postgres.start()
         async with anyio.create_task_group() as tg:
             await tg.start(ledger.run)
+            with anyio.fail_after(10):
+                while not any("rows kept" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            own_postgres.start()
             with anyio.fail_after(10):
                 while ledger.unflushed(tenant, "keyAAAAAAAAA", periods) != (0,) * 6:  # noqa: ASYNC110
                     await anyio.sleep(0.05)
