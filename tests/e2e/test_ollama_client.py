@@ -15,29 +15,9 @@ from tests.integration.test_walking_skeleton import create_key
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
-FAST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST_KIB": "64", "ARGON2_PARALLELISM": "1"}
-
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def served(
-    database_url: str,
-    redis_url: str,
-    redis_prefix: str,
-    simulator_url: str,
-    serve_app: Callable[[Any], str],
-) -> tuple[str, str]:
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": redis_prefix,
-        "OLLAMA_URL": simulator_url,
-        **FAST_ARGON2,
-    }
+def served(env: dict[str, str], serve_app: Callable[[Any], str]) -> tuple[str, str]:
     return serve_app(Gateway(load_settings(env))), create_key(env)
 
 

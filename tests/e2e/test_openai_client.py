@@ -10,28 +10,11 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import load_settings
-from tests.integration.quota_support import FAST_ARGON2
 from tests.integration.test_walking_skeleton import cli, create_key
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
 ANSWER = "".join(f"tok{i} " for i in range(8))
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def env(database_url: str, redis_url: str, redis_prefix: str, simulator_url: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": redis_prefix,
-        "OLLAMA_URL": simulator_url,
-        **FAST_ARGON2,
-    }
 
 
 @pytest.fixture

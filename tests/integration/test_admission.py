@@ -33,21 +33,6 @@ pytestmark = pytest.mark.anyio
 ROOMY = {"tenant_rpm": 100_000, "key_concurrent": 1000, "tenant_concurrent": 1000}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def env(database_url: str, redis_url: str, redis_prefix: str, simulator_url: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": redis_prefix,
-        "OLLAMA_URL": simulator_url,
-    }
-
-
 async def burst(
     client: httpx.AsyncClient | list[httpx.AsyncClient], key: str, count: int, **body: Any
 ) -> list[httpx.Response]:

@@ -17,11 +17,6 @@ from gateway.store.redis import Cache
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def hasher(time_cost: int = 1) -> KeyHasher:
     return KeyHasher(
         time_cost=time_cost, memory_cost_kib=64, parallelism=1, max_concurrent_verifies=2

@@ -27,11 +27,6 @@ ROOMY = {
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def env(database_url: str, redis_url: str, redis_prefix: str, simulator_url: str) -> dict[str, str]:
     return {
         "DATABASE_URL": database_url,

@@ -3,10 +3,7 @@ Postgres and Redis."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,32 +14,9 @@ import psycopg
 import pytest
 import redis
 
-FAST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST_KIB": "64", "ARGON2_PARALLELISM": "1"}
+from tests.integration.cli_support import as_json, gateway, ok
+
 DOWN = "redis://127.0.0.1:1/0"
-
-
-def gateway(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        env={**clean, **FAST_ARGON2, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def ok(env: dict[str, str], *args: str) -> str:
-    result = gateway(env, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def as_json(env: dict[str, str], *args: str) -> Any:
-    return msgspec.json.decode(ok(env, *args, "--json"))
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,32 +17,7 @@ import redis
 
 from gateway.chain.budget import periods_at
 from gateway.chain.limits import quota_keys
-
-FAST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST_KIB": "64", "ARGON2_PARALLELISM": "1"}
-
-
-def gateway(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        env={**clean, **FAST_ARGON2, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def ok(env: dict[str, str], *args: str) -> str:
-    result = gateway(env, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def as_json(env: dict[str, str], *args: str) -> Any:
-    return msgspec.json.decode(ok(env, *args, "--json"))
+from tests.integration.cli_support import as_json, gateway, ok
 
 
 @pytest.fixture

@@ -20,11 +20,6 @@ MODELS = ("llama3.2:1b", "qwen2.5:0.5b", "phi3:mini")
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def sim(start_simulator: Callable[..., AbstractContextManager[str]]) -> Any:
     with start_simulator(models=MODELS) as url:
         yield url

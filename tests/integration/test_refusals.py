@@ -18,7 +18,6 @@ from tests.integration.quota_support import run_sql
 
 pytestmark = pytest.mark.anyio
 
-FAST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST_KIB": "64", "ARGON2_PARALLELISM": "1"}
 
 BLOCKED = [
     b"/api/pull",
@@ -47,22 +46,6 @@ BLOCKED = [
     b"/api/unknown",
     b"/api/" + b"a" * 4000,
 ]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def env(database_url: str, redis_url: str, redis_prefix: str, simulator_url: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": redis_prefix,
-        "OLLAMA_URL": simulator_url,
-        **FAST_ARGON2,
-    }
 
 
 async def make_key(services: Services) -> str:

@@ -29,21 +29,6 @@ from tests.integration.quota_support import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def env(database_url: str, redis_url: str, redis_prefix: str, simulator_url: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": redis_prefix,
-        "OLLAMA_URL": simulator_url,
-    }
-
-
 async def test_a_stream_longer_than_the_lease_keeps_its_lease(
     env: dict[str, str],
     start_simulator: Callable[..., AbstractContextManager[str]],

@@ -21,24 +21,8 @@ from gateway.config import load_settings
 
 pytestmark = pytest.mark.anyio
 
-FAST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST_KIB": "64", "ARGON2_PARALLELISM": "1"}
+
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hello"}]}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def env(database_url: str, redis_url: str, redis_prefix: str, simulator_url: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": redis_prefix,
-        "OLLAMA_URL": simulator_url,
-        **FAST_ARGON2,
-    }
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
