@@ -6,16 +6,17 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import anyio
 import msgspec
 
 from gateway import __version__
 from gateway.chain import route
-from gateway.chain.budget import prompt_tokens_bound
-from gateway.chain.catalog import local_answer
+from gateway.chain.budget import periods_at, prompt_tokens_bound
+from gateway.chain.catalog import local_answer, me_answer
 from gateway.chain.shape import shape_request
-from gateway.chain.values import Outcome
+from gateway.chain.values import Outcome, Principal
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError, ModelNotFound, ServiceUnavailable
 from gateway.http import ClientDisconnected, Receive, Request, Responder, Scope, Send, read_body
@@ -110,6 +111,9 @@ class Gateway:
             request.header_values(b"authorization")
         )
         endpoint = route.resolve(request.method, request.raw_path)
+        if endpoint.kind is route.Kind.ME:
+            await responder.whole(200, await self._me(services, principal))
+            return
         if endpoint.kind in route.LOCAL:
             await responder.whole(200, local_answer(endpoint.kind, principal, services.discovery))
             return
@@ -130,6 +134,10 @@ class Gateway:
             # After the last byte, and even when the client left: never delays the answer.
             with anyio.CancelScope(shield=True):
                 await services.admission.settle(grant, outcome)
+
+    async def _me(self, services: Services, principal: Principal) -> bytes:
+        used = await services.admission.used(principal, periods_at(datetime.now(UTC)))
+        return me_answer(principal, self.settings.key_prefix, used, services.discovery.models())
 
 
 def create_app() -> Gateway:

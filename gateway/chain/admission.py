@@ -99,7 +99,7 @@ class Admission:
         ttls = periods.counter_ttls_s()
         decision = await self._decide(redis_keys, [*args, *_no_seeds(), *ttls])
         if decision.verdict == Verdict.COUNTERS_MISSING:
-            seeds = await self._seeds(principal, periods)
+            seeds = await self.used(principal, periods)
             decision = await self._decide(redis_keys, [*args, *seeds, *ttls])
         if decision.verdict != Verdict.ADMITTED:
             raise refusal(decision, periods.refill_after_s(decision.detail))
@@ -118,9 +118,9 @@ class Admission:
     async def _decide(self, keys: list[str], args: list[str | int]) -> Decision:
         return _decode_decision(await self._cache.admit(keys, args), Decision)
 
-    async def _seeds(self, principal: Principal, periods: Periods) -> tuple[int, ...]:
-        """Ledger totals plus what this replica has not flushed yet, for every counter: the
-        script uses them only where a counter is missing (which may be more than before)."""
+    async def used(self, principal: Principal, periods: Periods) -> tuple[int, ...]:
+        """Tokens used per budget counter: the durable ledger plus what this replica has not
+        flushed yet. Seeds for missing counters (the script uses them only where one is)."""
         durable = await self._database.usage_now(
             principal.tenant_id, principal.key_id, periods.day, periods.month
         )

@@ -28,6 +28,14 @@ _encode_principal = msgspec.msgpack.Encoder().encode
 _decode_principal = msgspec.msgpack.Decoder(Principal).decode
 
 
+def _decode_cached(blob: bytes) -> Principal | None:
+    """None for an entry this version cannot read (written by an older one): resolve afresh."""
+    try:
+        return _decode_principal(blob)
+    except msgspec.DecodeError:
+        return None
+
+
 class LocalKeyCache:
     """Resolved keys in this process, bounded in size and age; evicted by key id on revocation."""
 
@@ -115,8 +123,9 @@ class Authenticator:
         if principal is None:
             blob = await self._cache.get_principal(parsed.key_id, digest)
             if blob is not None:
-                principal = _decode_principal(blob)
-                self.local.put(parsed.key_id, digest, principal)
+                principal = _decode_cached(blob)
+                if principal is not None:
+                    self.local.put(parsed.key_id, digest, principal)
         if principal is None:
             principal = await self._resolve(parsed.key_id, token, digest)
         if principal.expires_at_s is not None and principal.expires_at_s <= self._now():

@@ -49,6 +49,55 @@ def _created_s(entry: msgspec.Raw) -> int:
     return int(modified.timestamp()) if modified else 0
 
 
+class _Budget(msgspec.Struct):
+    scope: str
+    period: str
+    budget: int
+    used: int
+    remaining: int
+
+
+class _Me(msgspec.Struct):
+    tenant: str
+    key: str
+    limits: dict[str, int]
+    budgets: list[_Budget]
+    models: list[str]
+
+
+def me_answer(
+    principal: Principal, key_prefix: str, used: tuple[int, ...], discovered: frozenset[str]
+) -> bytes:
+    """The caller's own limits, budgets and models; `used` as in `Ledger.unflushed`'s order."""
+    limits = principal.limits
+    budgets = [
+        _Budget(scope, period, budget, spent, max(0, budget - spent))
+        for (scope, period), budget, spent in zip(
+            [(s, p) for s in ("key", "tenant") for p in ("day", "month", "total")],
+            principal.budgets.as_tuple(),
+            used,
+            strict=True,
+        )
+        if budget is not None
+    ]
+    return _encode(
+        _Me(
+            tenant=principal.tenant_name,
+            key=f"{key_prefix}_{principal.key_id}",
+            limits={
+                "requests_per_minute": limits.key_rpm,
+                "tenant_requests_per_minute": limits.tenant_rpm,
+                "tokens_per_minute": limits.key_tpm,
+                "tenant_tokens_per_minute": limits.tenant_tpm,
+                "concurrent_requests": limits.key_concurrent,
+                "tenant_concurrent_requests": limits.tenant_concurrent,
+            },
+            budgets=budgets,
+            models=principal.models.visible(discovered),
+        )
+    )
+
+
 def local_answer(kind: Kind, principal: Principal, discovery: Discovery) -> bytes:
     if kind is Kind.VERSION:
         return _encode(_Version(__version__))

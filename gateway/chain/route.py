@@ -29,9 +29,10 @@ class Kind(enum.Enum):
     TAGS = "tags"  # answered by the gateway from discovery
     MODELS = "models"
     VERSION = "version"
+    ME = "me"  # the caller's own quota, answered by the gateway
 
 
-LOCAL = frozenset({Kind.TAGS, Kind.MODELS, Kind.VERSION})
+LOCAL = frozenset({Kind.TAGS, Kind.MODELS, Kind.VERSION, Kind.ME})
 
 
 class Endpoint(msgspec.Struct, frozen=True):
@@ -62,6 +63,7 @@ TABLE: dict[str, Endpoint] = {
         Endpoint("POST", "/v1/completions", Kind.GENERATE, _OPENAI),
         Endpoint("POST", "/v1/embeddings", Kind.EMBED, _OPENAI),
         Endpoint("GET", "/v1/models", Kind.MODELS, _OPENAI),
+        Endpoint("GET", "/v1/me", Kind.ME, _OPENAI),
     )
 }
 

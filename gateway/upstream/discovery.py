@@ -85,7 +85,10 @@ class Discovery:
         blob = await self._cache.get_blob(self._cache_key)
         if blob is None:
             return
-        shared = _decode_cache(blob)
+        try:
+            shared = _decode_cache(blob)
+        except msgspec.DecodeError:
+            return  # written by another version, or garbage: not worth more than no answer
         if self._at_s is None or shared.at_s > self._at_s:
             self._entries = dict(zip(shared.models, shared.entries, strict=False))
             self._at_s = shared.at_s

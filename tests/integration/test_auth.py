@@ -10,7 +10,7 @@ import pytest
 
 from gateway.chain.auth import Authenticator, LocalKeyCache, bearer_token
 from gateway.errors import ServiceUnavailable, Unauthorized
-from gateway.keys import KeyHasher, generate_key
+from gateway.keys import KeyHasher, cache_digest, generate_key
 from gateway.store.pg import Database
 from gateway.store.redis import Cache
 
@@ -272,3 +272,14 @@ def test_the_local_cache_is_bounded_and_ages_out() -> None:
     local.put("e", b"5", principal)  # type: ignore[arg-type] # any value will do here
     local.clear()
     assert local.get("e", b"5") is None
+
+
+async def test_a_cache_entry_this_version_cannot_read_is_resolved_afresh(
+    database: Database, cache: Cache
+) -> None:
+    key = await new_key(database)
+    await cache.put_principal(key[3:15], cache_digest(key), b"\x93written-by-an-older-version", 60)
+    principal = await authenticator(database, cache).authenticate(bearer(key))
+    assert principal.key_id == key[3:15]
+    # ... and the unreadable entry was replaced by one that reads.
+    assert await authenticator(database, cache).authenticate(bearer(key)) == principal

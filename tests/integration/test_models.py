@@ -10,6 +10,7 @@ import anyio
 import httpx
 import msgspec
 import pytest
+import redis
 
 from gateway import __version__
 from tests.integration.quota_support import CHAT, bearer, make_key, run_sql, running_gateway
@@ -169,3 +170,48 @@ async def test_embeddings_are_answered_and_counted(env: dict[str, str], database
     expected = native.json()["prompt_eval_count"] + openai.json()["usage"]["prompt_tokens"]
     assert prompt > expected  # plus the legacy call, charged its prompt bound: it reports none
     assert msgspec.json.decode(native.content)["model"] == "phi3:mini"
+
+
+async def test_a_key_reads_its_own_quota_and_nobody_elses(
+    env: dict[str, str], database_url: str
+) -> None:
+    # A small completion cap, so one request's reservation fits the small budgets.
+    async with running_gateway({**env, "MAX_NUM_PREDICT": "20"}) as (services, client):
+        key = await make_key(services, key_rpm=50, tenant_total=1000, key_daily=300)
+        other = await make_key(services, tenant="other", name="x", key_rpm=7)
+        restrict(database_url, "other", ["phi3:mini"])
+        spent = (await chat(client, key, "llama3.2:1b")).json()
+        used = spent["prompt_eval_count"] + spent["eval_count"]
+        mine = (await client.get("/v1/me", headers=bearer(key))).json()
+        await services.cache.evict_key(other[3:15])
+        theirs = (await client.get("/v1/me", headers=bearer(other))).json()
+    assert mine["tenant"] == "acme"
+    assert mine["key"] == key[:15]
+    assert mine["limits"]["requests_per_minute"] == 50
+    assert mine["budgets"] == [
+        {"scope": "key", "period": "day", "budget": 300, "used": used, "remaining": 300 - used},
+        {
+            "scope": "tenant",
+            "period": "total",
+            "budget": 1000,
+            "used": used,
+            "remaining": 1000 - used,
+        },
+    ]
+    assert mine["models"] == sorted(MODELS)
+    assert theirs["tenant"] == "other"
+    assert theirs["limits"]["requests_per_minute"] == 7
+    assert theirs["budgets"] == []
+    assert theirs["models"] == ["phi3:mini"]
+
+
+async def test_an_unreadable_shared_answer_counts_as_none(
+    env: dict[str, str], redis_url: str, redis_prefix: str
+) -> None:
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        raw.set(f"{redis_prefix}:discovered", b"{not json")
+    finally:
+        raw.close()
+    async with running_gateway({**env, "OLLAMA_URL": "http://127.0.0.1:1"}) as (services, _):
+        assert services.discovery.models() == frozenset()
