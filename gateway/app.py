@@ -1,4 +1,4 @@
-"""The ASGI callable: lifespan, health, and the chain auth → route → stream for every other path."""
+"""The ASGI callable: lifespan, health, and auth → route → admit → stream → settle for the rest."""
 
 from __future__ import annotations
 
