@@ -99,3 +99,11 @@ def test_the_sync_client_lists_models_embeds_and_chats(served: tuple[str, str]) 
     assert [item.index for item in vectors.data] == [0, 1]
     assert vectors.usage.prompt_tokens > 0
     assert text == ANSWER
+
+
+async def test_a_bad_request_is_the_sdks_bad_request(served: tuple[str, str]) -> None:
+    async with sdk(*served) as client:
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.chat.completions.create(model="llama3.2:1b", messages=MESSAGES, n=99)
+    assert bad.value.code == "invalid_request"
+    assert bad.value.message.endswith('"n" must be an integer from 1 to 8')
