@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from typing import Any
 
 import msgspec
+import psycopg
 
 from tests.integration.quota_support import FAST_ARGON2
 
@@ -35,3 +37,41 @@ def ok(env: dict[str, str], *args: str) -> str:
 
 def as_json(env: dict[str, str], *args: str) -> Any:
     return msgspec.json.decode(ok(env, *args, "--json"))
+
+
+class Tenant(msgspec.Struct):
+    name: str
+    id: str
+    keys: list[str]  # prefixes, gw_<id>
+
+
+def make_tenant(database_url: str, name: str, *key_names: str, allow_all: bool = False) -> Tenant:
+    """A tenant and its keys, straight into Postgres: these tests are about other commands."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "INSERT INTO gateway.tenants (name, allow_all_models) VALUES (%s, %s) "
+            "RETURNING id::text",
+            (name, allow_all),
+        ).fetchone()
+        assert row is not None
+        prefixes = []
+        for key_name in key_names:
+            key = secrets.token_hex(6)
+            conn.execute(
+                "INSERT INTO gateway.api_keys (id, tenant_id, name, secret_hash, created_at) "
+                "VALUES (%s, %s, %s, 'not-a-hash', clock_timestamp())",
+                (key, row[0], key_name),
+            )
+            prefixes.append(f"gw_{key}")
+    return Tenant(name, row[0], prefixes)
+
+
+def key_id(prefix: str) -> str:
+    return prefix.removeprefix("gw_")
+
+
+def stored(database_url: str, sql: str, *params: object) -> tuple[Any, ...]:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return tuple(row)

@@ -3,7 +3,6 @@ Postgres and Redis."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.integration.cli_support import as_json, gateway, ok
+from tests.integration.cli_support import as_json, gateway, key_id, make_tenant, ok, stored
 
 DOWN = "redis://127.0.0.1:1/0"
 
@@ -29,44 +28,6 @@ def cache(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
-
-
-class Tenant(msgspec.Struct):
-    name: str
-    id: str
-    keys: list[str]  # prefixes, gw_<id>
-
-
-def make_tenant(database_url: str, name: str, *key_names: str, allow_all: bool = False) -> Tenant:
-    """A tenant and its keys, straight into Postgres: these tests are about other commands."""
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "INSERT INTO gateway.tenants (name, allow_all_models) VALUES (%s, %s) "
-            "RETURNING id::text",
-            (name, allow_all),
-        ).fetchone()
-        assert row is not None
-        prefixes = []
-        for key_name in key_names:
-            key = secrets.token_hex(6)
-            conn.execute(
-                "INSERT INTO gateway.api_keys (id, tenant_id, name, secret_hash, created_at) "
-                "VALUES (%s, %s, %s, 'not-a-hash', clock_timestamp())",
-                (key, row[0], key_name),
-            )
-            prefixes.append(f"gw_{key}")
-    return Tenant(name, row[0], prefixes)
-
-
-def key_id(prefix: str) -> str:
-    return prefix.removeprefix("gw_")
-
-
-def stored(database_url: str, sql: str, *params: object) -> tuple[Any, ...]:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(sql, params).fetchone()
-    assert row is not None
-    return tuple(row)
 
 
 def tenant_models(database_url: str, name: str) -> tuple[Any, ...]:
