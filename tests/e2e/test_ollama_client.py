@@ -57,10 +57,15 @@ async def test_the_ollama_client_lists_shows_and_embeds(served: tuple[str, str])
         listed = await client.list()
         shown = await client.show("llama3.2:1b")
         embedded = await client.embed(model="llama3.2:1b", input=["one", "two"])
+        whole = await client.chat(
+            model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}], stream=False
+        )
         version = (await client._client.get("/api/version")).json()
     assert sorted(m.model or "" for m in listed.models) == ["llama3.2:1b", "qwen2.5:0.5b"]
     assert shown.template is None
     assert shown.modelfile is None
     assert shown.details is not None
     assert len(embedded.embeddings) == 2
+    assert whole.message.content == "".join(f"tok{i} " for i in range(8))
+    assert whole.done
     assert version["version"] == __version__
