@@ -110,7 +110,7 @@ def tenants_create(
 
     async def work(database: Database) -> Any:
         try:
-            return await database.create_tenant_with_models(name, allow_all_models=allow_all_models)
+            return await database.create_tenant(name, allow_all_models=allow_all_models)
         except Conflict:
             raise CliError(f"tenant '{name}' already exists") from None
         except Rejected:

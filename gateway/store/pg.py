@@ -190,8 +190,12 @@ class Database:
         """Tell every gateway that `k:<key_id>` or `t:<tenant_id>` changed."""
         await self._execute(queries.NOTIFY_PRINCIPALS, subject=subject)
 
-    async def create_tenant(self, name: str) -> TenantRow:
-        return (await self._fetch(TenantRow, queries.CREATE_TENANT, name=name))[0]
+    async def create_tenant(self, name: str, *, allow_all_models: bool = False) -> CreatedTenant:
+        """A new tenant; default-deny unless it may use every discovered model."""
+        rows = await self._fetch(
+            CreatedTenant, queries.CREATE_TENANT, name=name, allow_all_models=allow_all_models
+        )
+        return rows[0]
 
     async def list_tenants(self) -> list[TenantRow]:
         return await self._fetch(TenantRow, queries.LIST_TENANTS)
@@ -299,18 +303,6 @@ class Database:
         return await self._fetch(
             LedgerNow, queries.LEDGER_NOW, tenant_ids=tenant_ids, day=day, month=month
         )
-
-    async def create_tenant_with_models(
-        self, name: str, *, allow_all_models: bool
-    ) -> CreatedTenant:
-        """As `create_tenant`, choosing whether it may use every discovered model."""
-        rows = await self._fetch(
-            CreatedTenant,
-            queries.CREATE_TENANT_WITH_MODELS,
-            name=name,
-            allow_all_models=allow_all_models,
-        )
-        return rows[0]
 
     async def models_of(
         self, *, tenant: str | None = None, key_id: str | None = None

@@ -59,8 +59,8 @@ WHERE id = %(key_id)s AND secret_hash = %(old_hash)s
 LISTEN_REVOCATIONS = "LISTEN gateway_revocations"
 
 CREATE_TENANT = """
-INSERT INTO gateway.tenants (name) VALUES (%(name)s)
-RETURNING id::text AS id, name, created_at
+INSERT INTO gateway.tenants (name, allow_all_models) VALUES (%(name)s, %(allow_all_models)s)
+RETURNING id::text AS id, name, created_at, allow_all_models
 """
 
 LIST_TENANTS = """
@@ -124,8 +124,7 @@ ORDER BY t.name
 """
 
 # Each column changes only when its `*_set` flag is true; then a NULL value clears it.
-SET_KEY_QUOTAS = """
-UPDATE gateway.api_keys SET
+_SET_QUOTAS = """
     rpm = CASE WHEN %(rpm_set)s THEN %(rpm)s::integer ELSE rpm END,
     tpm = CASE WHEN %(tpm_set)s THEN %(tpm)s::integer ELSE tpm END,
     concurrent = CASE WHEN %(concurrent_set)s THEN %(concurrent)s::integer ELSE concurrent END,
@@ -135,22 +134,15 @@ UPDATE gateway.api_keys SET
         CASE WHEN %(monthly_set)s THEN %(monthly)s::bigint ELSE budget_monthly_tokens END,
     budget_total_tokens =
         CASE WHEN %(total_set)s THEN %(total)s::bigint ELSE budget_total_tokens END
-WHERE id = %(key_id)s
+"""
+
+SET_KEY_QUOTAS = f"""
+UPDATE gateway.api_keys SET{_SET_QUOTAS}WHERE id = %(key_id)s
 RETURNING 'k:' || id AS subject
 """
 
-SET_TENANT_QUOTAS = """
-UPDATE gateway.tenants SET
-    rpm = CASE WHEN %(rpm_set)s THEN %(rpm)s::integer ELSE rpm END,
-    tpm = CASE WHEN %(tpm_set)s THEN %(tpm)s::integer ELSE tpm END,
-    concurrent = CASE WHEN %(concurrent_set)s THEN %(concurrent)s::integer ELSE concurrent END,
-    budget_daily_tokens =
-        CASE WHEN %(daily_set)s THEN %(daily)s::bigint ELSE budget_daily_tokens END,
-    budget_monthly_tokens =
-        CASE WHEN %(monthly_set)s THEN %(monthly)s::bigint ELSE budget_monthly_tokens END,
-    budget_total_tokens =
-        CASE WHEN %(total_set)s THEN %(total)s::bigint ELSE budget_total_tokens END
-WHERE name = %(tenant)s
+SET_TENANT_QUOTAS = f"""
+UPDATE gateway.tenants SET{_SET_QUOTAS}WHERE name = %(tenant)s
 RETURNING 't:' || id::text AS subject
 """
 
@@ -167,11 +159,6 @@ WHERE tenant_id = ANY(%(tenant_ids)s::uuid[])
   AND ((period = 'day' AND period_start = %(day)s)
     OR (period = 'month' AND period_start = %(month)s)
     OR (period = 'total' AND period_start = '1970-01-01'))
-"""
-
-CREATE_TENANT_WITH_MODELS = """
-INSERT INTO gateway.tenants (name, allow_all_models) VALUES (%(name)s, %(allow_all_models)s)
-RETURNING id::text AS id, name, created_at, allow_all_models
 """
 
 # Model access as stored, for `gateway models`: a key's NULL inherits its tenant's value.

@@ -30,13 +30,9 @@ async def make_key(
     """A key whose tenant and key columns carry `quota` (e.g. key_rpm=60, tenant_total=100)."""
     tenant_id = await services.database.tenant_id(tenant)
     if tenant_id is None:
-        tenant_id = (await services.database.create_tenant(tenant)).id
         # New tenants are default-deny; these tests are about quotas, not model access.
-        run_sql(
-            services.settings.database_url.reveal(),
-            "UPDATE gateway.tenants SET allow_all_models = true WHERE id = %s",
-            tenant_id,
-        )
+        created = await services.database.create_tenant(tenant, allow_all_models=True)
+        tenant_id = created.id
     issued = generate_key(services.settings.key_prefix)
     await services.database.create_key(
         key_id=issued.key_id,

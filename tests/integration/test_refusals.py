@@ -14,7 +14,6 @@ from gateway.config import load_settings
 from gateway.keys import generate_key
 from gateway.services import Services, hasher_for
 from tests.integration.asgi import call
-from tests.integration.quota_support import run_sql
 
 pytestmark = pytest.mark.anyio
 
@@ -49,12 +48,7 @@ BLOCKED = [
 
 
 async def make_key(services: Services) -> str:
-    tenant = await services.database.create_tenant("acme")
-    run_sql(
-        services.settings.database_url.reveal(),
-        "UPDATE gateway.tenants SET allow_all_models = true WHERE id = %s",
-        tenant.id,
-    )
+    tenant = await services.database.create_tenant("acme", allow_all_models=True)
     issued = generate_key(services.settings.key_prefix)
     await services.database.create_key(
         key_id=issued.key_id,

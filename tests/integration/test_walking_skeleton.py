@@ -38,12 +38,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def create_key(env: dict[str, str], tenant: str = "acme", name: str = "app") -> str:
     if cli(env, "tenants", "list", "--json").stdout.find(f'"{tenant}"') < 0:
-        assert cli(env, "tenants", "create", tenant).returncode == 0
-        run_sql(
-            env["DATABASE_URL"],
-            "UPDATE gateway.tenants SET allow_all_models = true WHERE name = %s",
-            tenant,
-        )
+        assert cli(env, "tenants", "create", tenant, "--allow-all-models").returncode == 0
     created = cli(env, "keys", "create", "--tenant", tenant, "--name", name, "--json")
     assert created.returncode == 0, created.stderr
     key = msgspec.json.decode(created.stdout)["key"]
