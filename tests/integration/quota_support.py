@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 import psycopg
@@ -20,12 +20,29 @@ CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}],
 
 def run_sql(url: str, statement: str, *params: object) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
-        cursor = conn.execute(statement, params)  # type: ignore[arg-type] # a literal query, typed as str
+        cursor = conn.execute(statement, params)
         return cursor.fetchall() if cursor.description else []
 
 
+class Quota(TypedDict, total=False):
+    """What `make_key` can set: `<key|tenant>_<column>`; None is unlimited."""
+
+    key_rpm: int | None
+    tenant_rpm: int | None
+    key_tpm: int | None
+    tenant_tpm: int | None
+    key_concurrent: int | None
+    tenant_concurrent: int | None
+    key_daily: int | None
+    tenant_daily: int | None
+    key_monthly: int | None
+    tenant_monthly: int | None
+    key_total: int | None
+    tenant_total: int | None
+
+
 async def make_key(
-    services: Services, tenant: str = "acme", name: str = "app", **quota: int | None
+    services: Services, tenant: str = "acme", name: str = "app", **quota: Unpack[Quota]
 ) -> str:
     """A key whose tenant and key columns carry `quota` (e.g. key_rpm=60, tenant_total=100)."""
     tenant_id = await services.database.tenant_id(tenant)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import anyio
 import httpx
@@ -30,7 +30,14 @@ from tests.integration.quota_support import (
 
 pytestmark = pytest.mark.anyio
 
-ROOMY = {"tenant_rpm": 100_000, "key_concurrent": 1000, "tenant_concurrent": 1000}
+
+class _Roomy(TypedDict):
+    tenant_rpm: int
+    key_concurrent: int
+    tenant_concurrent: int
+
+
+ROOMY: _Roomy = {"tenant_rpm": 100_000, "key_concurrent": 1000, "tenant_concurrent": 1000}
 
 
 async def burst(
@@ -63,12 +70,12 @@ def age_request_windows(redis_url: str, prefix: str, tenant_id: str, key_id: str
     client = redis.Redis.from_url(redis_url)
     try:
         for window in (keys.rpm_key, keys.rpm_tenant):
-            aged = {
-                member: score - 61_000
-                for member, score in client.zrange(window, 0, -1, withscores=True)
-            }
+            scored = cast(
+                "list[tuple[bytes, float]]", client.zrange(window, 0, -1, withscores=True)
+            )
+            aged = {member: score - 61_000 for member, score in scored}
             if aged:
-                client.zadd(window, aged)  # type: ignore[arg-type] # bytes members are accepted
+                client.zadd(window, aged)
     finally:
         client.close()
 
@@ -101,8 +108,14 @@ async def test_a_burst_admits_exactly_the_rpm_and_the_window_slides(
 
 async def test_the_tenant_rpm_binds_all_its_keys_together(env: dict[str, str]) -> None:
     async with running_gateway(env) as (services, client):
-        roomy = {"key_concurrent": 1000, "tenant_concurrent": 1000}
-        first = await make_key(services, name="a", key_rpm=1000, tenant_rpm=30, **roomy)
+        first = await make_key(
+            services,
+            name="a",
+            key_rpm=1000,
+            tenant_rpm=30,
+            key_concurrent=1000,
+            tenant_concurrent=1000,
+        )
         second = await make_key(services, name="b", key_rpm=1000)
         responses = await burst(client, first, 20) + await burst(client, second, 20)
         assert by_status(responses) == {200: 30, 429: 10}

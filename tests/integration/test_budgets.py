@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 import httpx
@@ -14,11 +14,25 @@ import redis
 
 from gateway.chain.budget import periods_at
 from gateway.chain.limits import quota_keys
-from tests.integration.quota_support import CHAT, bearer, make_key, run_sql, running_gateway
+from tests.integration.quota_support import (
+    CHAT,
+    bearer,
+    make_key,
+    run_sql,
+    running_gateway,
+)
 
 pytestmark = pytest.mark.anyio
 
-ROOMY = {
+
+class _Roomy(TypedDict):
+    key_rpm: int
+    tenant_rpm: int
+    key_concurrent: int
+    tenant_concurrent: int
+
+
+ROOMY: _Roomy = {
     "key_rpm": 100_000,
     "tenant_rpm": 100_000,
     "key_concurrent": 1000,
