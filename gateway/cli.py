@@ -6,35 +6,34 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Annotated, Any, NoReturn
 
-import anyio
 import msgspec
 from cyclopts import App, Parameter
 
 from gateway import __version__
+from gateway.cli_audit import audit
+from gateway.cli_backends import backends
 from gateway.cli_common import CliError, Json, cli_settings, print_json, print_table, with_database
+from gateway.cli_keys import keys
 from gateway.cli_models import models
 from gateway.cli_quota import budgets, limits
+from gateway.cli_retention import retention
 from gateway.cli_usage import usage
-from gateway.config import ConfigError, Settings, load_settings
-from gateway.errors import ServiceUnavailable
-from gateway.keys import generate_key
-from gateway.services import hasher_for
+from gateway.config import ConfigError, load_settings
 from gateway.store.pg import Conflict, Database, Rejected
-from gateway.store.redis import Cache
 
 app = App(name="gateway", version=__version__, help="A secure gateway for self-hosted LLMs.")
 tenants = App(name="tenants", help="Create and list tenants.")
-keys = App(name="keys", help="Create, list and revoke API keys.")
 app.command(tenants)
 app.command(keys)
 app.command(limits)
 app.command(budgets)
 app.command(usage)
+app.command(audit)
 app.command(models)
+app.command(backends)
+app.command(retention)
 
 
 @app.command
@@ -141,120 +140,6 @@ def tenants_list(*, json: Json = False) -> None:
         print_table(
             ["name", "id", "active keys", "created"],
             [(t.name, t.id, t.active_keys, t.created_at) for t in rows],
-        )
-
-
-def _parse_duration(text: str) -> timedelta:
-    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-    number, unit = text[:-1], text[-1:]
-    if unit not in units or not number.isdigit() or int(number) == 0:
-        raise CliError(f"invalid duration '{text}': use a whole number with s, m, h, d or w", 2)
-    return timedelta(**{units[unit]: int(number)})
-
-
-@keys.command(name="create")
-def keys_create(
-    *, tenant: str, name: str, expires_in: str | None = None, json: Json = False
-) -> None:
-    """Create a key; the full key is printed this once and never again."""
-    settings = cli_settings()
-    expires_at = datetime.now(UTC) + _parse_duration(expires_in) if expires_in else None
-    issued = generate_key(settings.key_prefix)
-    secret_hash = hasher_for(settings).hash(issued.full_key)
-
-    async def work(database: Database) -> datetime:
-        tenant_id = await database.tenant_id(tenant)
-        if tenant_id is None:
-            raise CliError(f"no tenant named '{tenant}'")
-        try:
-            return await database.create_key(
-                key_id=issued.key_id,
-                tenant_id=tenant_id,
-                name=name,
-                secret_hash=secret_hash,
-                expires_at=expires_at,
-            )
-        except Conflict:
-            raise CliError(f"tenant '{tenant}' already has a key named '{name}'") from None
-        except Rejected:
-            raise CliError(f"invalid key name '{name}'", 2) from None
-
-    created_at = with_database(settings, work)
-    prefix = f"{settings.key_prefix}_{issued.key_id}"
-    if json:
-        print_json(
-            {
-                "key": issued.full_key,
-                "prefix": prefix,
-                "key_id": issued.key_id,
-                "tenant": tenant,
-                "name": name,
-                "created_at": created_at,
-                "expires_at": expires_at,
-            }
-        )
-        return
-    print(f"created key '{name}' for tenant '{tenant}' ({prefix})")
-    print("this is the only time the key is shown; store it now:\n")
-    print(issued.full_key)
-
-
-@keys.command(name="list")
-def keys_list(*, tenant: str | None = None, json: Json = False) -> None:
-    """List keys (never their secrets)."""
-    settings = cli_settings()
-    rows = with_database(settings, lambda database: database.list_keys(tenant))
-    if json:
-        print_json(
-            [
-                {"prefix": f"{settings.key_prefix}_{row.key_id}", **msgspec.to_builtins(row)}
-                for row in rows
-            ]
-        )
-        return
-    print_table(
-        ["prefix", "tenant", "name", "created", "expires", "revoked"],
-        [
-            (
-                f"{settings.key_prefix}_{r.key_id}",
-                r.tenant,
-                r.name,
-                r.created_at,
-                r.expires_at,
-                r.revoked_at,
-            )
-            for r in rows
-        ],
-    )
-
-
-@keys.command(name="revoke")
-def keys_revoke(prefix: str, *, reason: str | None = None) -> None:
-    """Revoke a key by its prefix (`gw_` + 12-character id); every replica drops it within 1 s."""
-    settings = cli_settings()
-    key_id = prefix.removeprefix(f"{settings.key_prefix}_")[:12]
-    revoked = with_database(settings, lambda database: database.revoke_key(key_id, reason))
-    if revoked is None:
-        raise CliError(f"no key with prefix '{prefix}'")
-    if revoked is False:
-        print(f"key {settings.key_prefix}_{key_id} was already revoked")
-        return
-    if settings.redis_url.reveal():
-        anyio.run(partial(_evict_shared, settings, key_id), backend="asyncio")
-    print(f"revoked key {settings.key_prefix}_{key_id}")
-
-
-async def _evict_shared(settings: Settings, key_id: str) -> None:
-    # Gateways evict on the NOTIFY as well; this closes the gap if none is listening right now.
-    try:
-        async with Cache.open(
-            settings.redis_url.reveal(), prefix=settings.redis_key_prefix, timeout_s=2
-        ) as cache:
-            await cache.evict_key(key_id)
-    except ServiceUnavailable:
-        print(
-            "warning: could not reach Redis; running gateways evict the key themselves",
-            file=sys.stderr,
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -76,6 +76,21 @@ def with_cache(
     except ServiceUnavailable:
         print(f"warning: {warning}", file=sys.stderr)
         return None
+
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str, *, allow_zero: bool = False) -> timedelta:
+    """`90s`, `15m`, `24h`, `30d`, `2w` (and `0` when `allow_zero`); exit 2 on anything else."""
+    number, unit = (text, "s") if allow_zero and text == "0" else (text[:-1], text[-1:])
+    valid = unit in _UNITS and number.isascii() and number.isdigit()
+    if valid and (allow_zero or int(number) > 0):
+        try:
+            return timedelta(**{_UNITS[unit]: int(number)})
+        except OverflowError:
+            pass
+    raise CliError(f"invalid duration '{text}': use a whole number with s, m, h, d or w", 2)
 
 
 def key_id_of(prefix: str, settings: Settings) -> str:

@@ -101,6 +101,7 @@ class Authenticator:
         local: LocalKeyCache,
         shared_ttl_s: int,
         default_limits: tuple[int, int, int],
+        prompt_log_default_days: int,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._prefix = key_prefix
@@ -110,6 +111,7 @@ class Authenticator:
         self.local = local
         self._shared_ttl_s = shared_ttl_s
         self._default_limits = default_limits
+        self._prompt_log_default_days = prompt_log_default_days
         self._now = wall_clock
 
     async def authenticate(self, authorization: list[bytes]) -> Principal:
@@ -176,6 +178,11 @@ class Authenticator:
                 record.tenant_allow_all,
                 record.tenant_allowed,
             ),
+            prompt_log_days=(
+                (record.prompt_log_retention_days or self._prompt_log_default_days)
+                if record.prompt_log
+                else None
+            ),
         )
         if valid_until_s is not None and valid_until_s <= now_s:
             raise Unauthorized
@@ -198,7 +205,8 @@ class Authenticator:
         self.local.evict(key_id)
 
     def changed(self, subject: str) -> None:
-        """Limits or budgets changed for `k:<key_id>` or every key of `t:<tenant_id>`."""
+        """Something a principal holds (limits, budgets, models, secret, prompt log) changed
+        for `k:<key_id>` or every key of `t:<tenant_id>`."""
         kind, _, ident = subject.partition(":")
         if kind == "t":
             self.local.evict_tenant(ident)

@@ -57,18 +57,25 @@ class _Budget(msgspec.Struct):
     remaining: int
 
 
+class _PromptLog(msgspec.Struct):
+    enabled: bool
+    retention_days: int | None
+
+
 class _Me(msgspec.Struct):
     tenant: str
     key: str
     limits: dict[str, int]
     budgets: list[_Budget]
     models: list[str]
+    prompt_log: _PromptLog
 
 
 def me_answer(
     principal: Principal, key_prefix: str, used: tuple[int, ...], discovered: frozenset[str]
 ) -> bytes:
-    """The caller's own limits, budgets and models; `used` as in `Ledger.unflushed`'s order."""
+    """The caller's own limits, budgets, models and prompt log; `used` in `Ledger.unflushed`'s
+    order."""
     limits = principal.limits
     budgets = [
         _Budget(scope, period, budget, spent, max(0, budget - spent))
@@ -94,6 +101,7 @@ def me_answer(
             },
             budgets=budgets,
             models=principal.models.visible(discovered),
+            prompt_log=_PromptLog(principal.prompt_log_days is not None, principal.prompt_log_days),
         )
     )
 

@@ -52,6 +52,8 @@ class Principal(msgspec.Struct, frozen=True, array_like=True):
     limits: Limits
     budgets: Budgets
     models: ModelAccess
+    # None: this key's prompt log is off; else how many days its rows are kept.
+    prompt_log_days: int | None = None
 
 
 class Routed(msgspec.Struct, frozen=True):
@@ -65,11 +67,16 @@ class Routed(msgspec.Struct, frozen=True):
 
 
 class Outcome(msgspec.Struct):
-    """How one proxied request ended; what settle and audit record."""
+    """How one proxied request went and ended; what settle and audit record."""
 
+    principal: Principal | None = None
+    model: str | None = None
+    streamed: bool | None = None
+    backend: str | None = None
     status: int = 0
-    usage: Usage | None = None
+    usage: Usage | None = None  # as reported by the backend, then as charged by settle
     ttfb_s: float | None = None
     error_code: str | None = None
     client_gone: bool = False
     completion_frames: int = 0
+    transcript: bytearray | None = None  # what was relayed, kept only for the prompt log

@@ -12,7 +12,8 @@ SELECT k.id AS key_id, k.name AS key_name, t.id::text AS tenant_id, t.name AS te
        k.budget_total_tokens AS key_total, t.budget_daily_tokens AS tenant_daily,
        t.budget_monthly_tokens AS tenant_monthly, t.budget_total_tokens AS tenant_total,
        k.allow_all_models AS key_allow_all, k.allowed_models AS key_allowed,
-       t.allow_all_models AS tenant_allow_all, t.allowed_models AS tenant_allowed
+       t.allow_all_models AS tenant_allow_all, t.allowed_models AS tenant_allowed,
+       k.prompt_log, k.prompt_log_retention_days
 FROM gateway.api_keys k JOIN gateway.tenants t ON t.id = k.tenant_id
 WHERE k.id = %(key_id)s
 """
@@ -49,6 +50,19 @@ FROM (
       OR (period = 'month' AND period_start = %(month)s)
       OR (period = 'total' AND period_start = '1970-01-01'))
 ) AS current_usage
+"""
+
+# Column order is the order of gateway.audit.AuditRow's fields.
+COPY_AUDIT = """
+COPY gateway.audit_log (ts, request_id, tenant_id, key_id, client_ip, method, route, model,
+                        backend, status, error_code, prompt_tokens, completion_tokens, ttfb_ms,
+                        duration_ms, streamed) FROM STDIN
+"""
+
+# Column order is the order of gateway.audit.PromptRow's fields.
+COPY_PROMPTS = """
+COPY gateway.prompt_log (ts, request_id, tenant_id, key_id, model, request, response, expires_at)
+FROM STDIN
 """
 
 UPDATE_KEY_HASH = """
@@ -92,6 +106,35 @@ RETURNING key_id
 """
 
 KEY_EXISTS = "SELECT revoked_at FROM gateway.api_keys WHERE id = %(key_id)s"
+
+KEY_SETTINGS = """
+SELECT k.id AS key_id, k.name, t.name AS tenant, k.expires_at, k.revoked_at,
+       k.previous_secret_expires_at, k.prompt_log, k.prompt_log_retention_days
+FROM gateway.api_keys k JOIN gateway.tenants t ON t.id = k.tenant_id
+WHERE k.id = %(key_id)s::text
+"""
+
+KEY_SETTINGS_FOR_UPDATE = KEY_SETTINGS + "FOR UPDATE OF k\n"
+
+# The old hash moves aside for the grace; a grace of 0 drops it. SET reads the old row, so
+# `secret_hash` on the right is the one being replaced. A second rotation ends the first's grace.
+ROTATE_KEY = """
+UPDATE gateway.api_keys SET
+    previous_secret_hash = CASE WHEN %(grace_s)s::double precision > 0 THEN secret_hash END,
+    previous_secret_expires_at = CASE WHEN %(grace_s)s::double precision > 0
+        THEN now() + make_interval(secs => %(grace_s)s::double precision) END,
+    secret_hash = %(secret_hash)s
+WHERE id = %(key_id)s::text
+"""
+
+# A NULL `prompt_log` keeps it; a NULL retention (when set) means the configured default.
+SET_PROMPT_LOG = """
+UPDATE gateway.api_keys SET
+    prompt_log = coalesce(%(prompt_log)s::boolean, prompt_log),
+    prompt_log_retention_days = CASE WHEN %(retention_set)s::boolean
+        THEN %(retention_days)s::integer ELSE prompt_log_retention_days END
+WHERE id = %(key_id)s::text
+"""
 
 # Limits and budgets as stored, for `gateway limits|budgets|usage`: NULL inherits (limits) or
 # is unlimited (budgets).
@@ -161,6 +204,35 @@ WHERE tenant_id = ANY(%(tenant_ids)s::uuid[])
     OR (period = 'total' AND period_start = '1970-01-01'))
 """
 
+# Audit reads for `gateway audit`: read-only, one snapshot, timestamps in UTC.
+AUDIT_READING = (
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL TIME ZONE 'UTC'"
+)
+
+AUDIT_NOW = "SELECT now()"
+
+# A deleted tenant has no name left, so its rows show its id.
+_AUDIT_ROWS = """
+SELECT a.ts, a.request_id, coalesce(t.name, a.tenant_id::text) AS tenant,
+       a.tenant_id::text AS tenant_id, %(key_prefix)s::text || '_' || a.key_id AS key,
+       host(a.client_ip) AS client_ip, a.method, a.route, a.model, a.backend, a.status,
+       a.error_code, a.prompt_tokens, a.completion_tokens, a.ttfb_ms, a.duration_ms, a.streamed
+FROM gateway.audit_log a LEFT JOIN gateway.tenants t ON t.id = a.tenant_id
+WHERE (%(tenant_id)s::uuid IS NULL OR a.tenant_id = %(tenant_id)s::uuid)
+  AND (%(key_id)s::text IS NULL OR a.key_id = %(key_id)s::text)
+  AND a.status BETWEEN %(status_min)s AND %(status_max)s
+"""
+
+AUDIT_RECENT = _AUDIT_ROWS + "ORDER BY a.ts DESC, a.request_id DESC LIMIT %(lines)s\n"
+
+AUDIT_SINCE = _AUDIT_ROWS + "  AND a.ts >= %(since)s ORDER BY a.ts, a.request_id\n"
+
+AUDIT_EXPORT = (
+    _AUDIT_ROWS
+    + "  AND a.ts >= %(since)s AND a.ts < coalesce(%(until)s, 'infinity'::timestamptz)\n"
+    + "ORDER BY a.ts, a.request_id\n"
+)
+
 # Model access as stored, for `gateway models`: a key's NULL inherits its tenant's value.
 KEY_MODELS = """
 SELECT t.id::text AS tenant_id, t.name AS tenant_name, k.id AS key_id,
@@ -184,6 +256,29 @@ WHERE t.name = %(tenant)s::text
 
 TENANT_MODELS_FOR_UPDATE = TENANT_MODELS + "FOR UPDATE\n"
 
+# Backends for `gateway backends`; the table's trigger sends NOTIFY gateway_backends at commit.
+ADD_BACKEND = """
+INSERT INTO gateway.backends (name, url, kind, auth_header, auth_scheme, token_env, token,
+                              priority, max_parallel, enabled)
+VALUES (%(name)s, %(url)s, %(kind)s, %(auth_header)s, %(auth_scheme)s, %(token_env)s,
+        %(token)s, %(priority)s, %(max_parallel)s, %(enabled)s)
+RETURNING name, url, kind, auth_header, auth_scheme, token_env, token, priority, max_parallel,
+          enabled
+"""
+
+# Higher priority first: the order the gateway prefers them in.
+LIST_BACKENDS = """
+SELECT name, url, kind, auth_header, auth_scheme, token_env, token, priority, max_parallel,
+       enabled
+FROM gateway.backends ORDER BY priority DESC, name
+"""
+
+REMOVE_BACKEND = """
+DELETE FROM gateway.backends WHERE name = %(name)s::text
+RETURNING name, url, kind, auth_header, auth_scheme, token_env, token, priority, max_parallel,
+          enabled
+"""
+
 SET_KEY_MODELS = """
 UPDATE gateway.api_keys
 SET allow_all_models = %(allow_all)s::boolean, allowed_models = %(allowed)s::text[]
@@ -197,3 +292,59 @@ SET allow_all_models = %(allow_all)s::boolean, allowed_models = %(allowed)s::tex
 WHERE id = %(tenant_id)s::uuid
 RETURNING 't:' || id::text AS subject
 """
+
+# --- Retention sweeps (gateway/retention.py), on a connection of their own.
+
+# A sweep waits on nobody for long; UTC so partition bounds read back the same everywhere.
+RETENTION_SESSION = """
+SELECT set_config('lock_timeout', %(lock_timeout)s, false),
+       set_config('statement_timeout', %(statement_timeout)s, false),
+       set_config('TimeZone', 'UTC', false)
+"""
+
+# Held for the whole sweep and released when its connection closes: one sweeper at a time.
+RETENTION_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('gateway.retention_sweep')) AS locked"
+
+ENSURE_AUDIT_PARTITIONS = (
+    "SELECT gateway.ensure_audit_partitions(%(from_month)s::date, %(months)s::integer) AS created"
+)
+
+# Bounds come from the catalogue, not the name; MINVALUE, MAXVALUE and DEFAULT read as NULL.
+AUDIT_PARTITIONS = r"""
+SELECT c.relname AS name,
+       (regexp_match(b.bound, $$FROM \('([^']+)'\)$$))[1]::timestamptz AS lower,
+       (regexp_match(b.bound, $$TO \('([^']+)'\)$$))[1]::timestamptz AS upper
+FROM pg_catalog.pg_inherits i
+JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid) AS bound) b
+WHERE i.inhparent = 'gateway.audit_log'::regclass
+ORDER BY c.relname
+"""
+
+AUDIT_RETENTIONS = """
+SELECT id::text AS tenant_id, audit_retention_days AS days
+FROM gateway.tenants WHERE audit_retention_days IS NOT NULL
+"""
+
+# {partition} is one partition of gateway.audit_log, {rows} one of the two conditions below.
+DROP_AUDIT_PARTITION = "DROP TABLE {partition}"
+AUDIT_TENANT_ROWS = "tenant_id = ANY(%(tenant_ids)s::uuid[]) AND ts < %(before)s::timestamptz"
+# Everyone without a retention of their own: no tenant, a deleted tenant, a tenant left at null.
+AUDIT_OTHER_ROWS = (
+    "ts < %(before)s::timestamptz AND (tenant_id IS NULL OR tenant_id <> ALL(%(own)s::uuid[]))"
+)
+# A bounded batch found by index and deleted by ctid, so no statement holds its locks for long.
+DELETE_AUDIT_BATCH = """
+DELETE FROM {partition} WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM {partition} WHERE {rows} LIMIT %(limit)s::integer))
+"""
+COUNT_AUDIT = "SELECT count(*) AS n FROM {partition} WHERE {rows}"
+
+DELETE_EXPIRED_PROMPTS = """
+DELETE FROM gateway.prompt_log WHERE id = ANY(ARRAY(
+    SELECT id FROM gateway.prompt_log WHERE expires_at < %(now)s::timestamptz
+    LIMIT %(limit)s::integer))
+"""
+COUNT_EXPIRED_PROMPTS = (
+    "SELECT count(*) AS n FROM gateway.prompt_log WHERE expires_at < %(now)s::timestamptz"
+)

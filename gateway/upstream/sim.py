@@ -84,6 +84,8 @@ class Simulator:
         self._answer_ids = itertools.count(1)
         token = self.config.required_token
         self._token = None if token is None else token.encode()
+        self._auth_header = self.config.auth_header.lower().encode()
+        self._auth_scheme = self.config.auth_scheme.lower().encode()
         get, post = frozenset({"GET", "HEAD"}), frozenset({"POST"})
         self._routes: dict[str, _Route] = {
             "/": _Route(get, self._root, model_endpoint=False),
@@ -135,8 +137,13 @@ class Simulator:
     def _authorized(self, exchange: Exchange) -> bool:
         if self._token is None:
             return True
-        scheme, _, credentials = (exchange.header(b"authorization") or b"").partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
+        value = exchange.header(self._auth_header) or b""
+        if not self._auth_scheme:
+            return hmac.compare_digest(value.strip(), self._token)
+        scheme, _, credentials = value.partition(b" ")
+        return scheme.lower() == self._auth_scheme and hmac.compare_digest(
+            credentials.strip(), self._token
+        )
 
     def _require_model(self, model: str) -> None:
         if not model:

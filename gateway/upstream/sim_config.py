@@ -14,7 +14,9 @@ class SimConfig(msgspec.Struct, frozen=True):
     token_delay_ms: float = 0.0  # between streamed tokens
     ttft_ms: float = 0.0  # before the first token
     version: str = "0.6.5"
-    required_token: str | None = None  # demand `Authorization: Bearer <token>` on every request
+    required_token: str | None = None  # demanded on every request (by default as a Bearer)
+    auth_header: str = "Authorization"  # the header that must carry required_token
+    auth_scheme: str = "Bearer"  # before the token in that header; empty: the bare token
     fail_status: int | None = None  # every model endpoint answers this status, FAIL_MESSAGE
     die_after_chunks: int | None = None  # streams drop the connection after this many tokens
 

@@ -14,12 +14,16 @@ import psycopg
 from tests.integration.quota_support import FAST_ARGON2
 
 
-def gateway(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`gateway ARGS...` with `env` on top of this process's environment (minus its stores)."""
+def gateway(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`gateway ARGS...` with `env` on top of this process's environment (minus its stores),
+    and `stdin` as its standard input when given."""
     clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     result = subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         env={**clean, **FAST_ARGON2, **env},
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,

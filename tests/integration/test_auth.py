@@ -45,7 +45,7 @@ async def cache(redis_url: str, redis_prefix: str) -> AsyncIterator[Cache]:
 
 def sql(url: str, statement: str, *params: object) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(statement, params)  # type: ignore[arg-type] # a literal query, typed as str
+        conn.execute(statement, params)
 
 
 async def new_key(database: Database, tenant: str = "acme", **columns: object) -> str:
@@ -77,6 +77,7 @@ def authenticator(
         local=LocalKeyCache(ttl_s=10, max_entries=100, clock=monotonic or FakeClock(0)),
         shared_ttl_s=60,
         default_limits=(60, 100_000, 8),
+        prompt_log_default_days=30,
         wall_clock=wall or FakeClock(datetime.now(UTC).timestamp()),
     )
 

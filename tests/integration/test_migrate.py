@@ -140,7 +140,7 @@ def test_edited_applied_file_is_refused(empty_database_url: str, sql_copy: Path)
     apply_migrations(empty_database_url, sql_copy)
     init = sql_copy / "0001_init.sql"
     init.write_text(init.read_text() + "\ncreate table gateway.sneaky (id int);\n")
-    (sql_copy / "0002_next.sql").write_text("create table gateway.next_thing (id int);\n")
+    (sql_copy / "9001_next.sql").write_text("create table gateway.next_thing (id int);\n")
 
     with pytest.raises(MigrationError, match=r"0001_init\.sql was edited"):
         apply_migrations(empty_database_url, sql_copy)
@@ -148,22 +148,22 @@ def test_edited_applied_file_is_refused(empty_database_url: str, sql_copy: Path)
     # Refused before applying anything, including the new file that comes after it.
     with psycopg.connect(empty_database_url) as conn:
         assert not table_exists(conn, "gateway.next_thing")
-    assert list(recorded(empty_database_url)) == ["0001_init.sql"]
+    assert list(recorded(empty_database_url)) == shipped_migrations()
 
 
 def test_deleted_applied_file_is_refused(empty_database_url: str, sql_copy: Path) -> None:
-    (sql_copy / "0002_next.sql").write_text("create table gateway.next_thing (id int);\n")
+    (sql_copy / "9001_next.sql").write_text("create table gateway.next_thing (id int);\n")
     apply_migrations(empty_database_url, sql_copy)
-    (sql_copy / "0002_next.sql").unlink()
+    (sql_copy / "9001_next.sql").unlink()
 
-    with pytest.raises(MigrationError, match=r"0002_next\.sql .*missing"):
+    with pytest.raises(MigrationError, match=r"9001_next\.sql .*missing"):
         apply_migrations(empty_database_url, sql_copy)
 
 
 def test_broken_migration_rolls_back_and_names_the_file(
     empty_database_url: str, sql_copy: Path
 ) -> None:
-    broken = sql_copy / "0002_broken.sql"
+    broken = sql_copy / "9002_broken.sql"
     broken.write_text(
         "create table gateway.half_done (id int);\n"
         "insert into gateway.half_done values (1);\n"
@@ -174,17 +174,17 @@ def test_broken_migration_rolls_back_and_names_the_file(
         apply_migrations(empty_database_url, sql_copy)
 
     message = str(caught.value)
-    assert "0002_broken.sql" in message
+    assert "9002_broken.sql" in message
     assert "no_such_function() does not exist" in message
     assert "line 3" in message
     with psycopg.connect(empty_database_url) as conn:
         assert not table_exists(conn, "gateway.half_done")
         # Earlier files are committed on their own; only the broken one is rolled back.
         assert table_exists(conn, "gateway.tenants")
-    assert list(recorded(empty_database_url)) == ["0001_init.sql"]
+    assert list(recorded(empty_database_url)) == shipped_migrations()
 
     broken.write_text("create table gateway.half_done (id int);\n")
-    assert apply_migrations(empty_database_url, sql_copy) == ["0002_broken.sql"]
+    assert apply_migrations(empty_database_url, sql_copy) == ["9002_broken.sql"]
 
 
 @pytest.mark.parametrize(

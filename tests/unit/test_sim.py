@@ -248,6 +248,21 @@ async def test_required_token_refuses_requests_without_that_bearer() -> None:
     assert right.status_code == 200
 
 
+async def test_required_token_in_another_header_with_or_without_a_scheme() -> None:
+    bare = SimConfig(required_token="upstream-secret", auth_header="X-Api-Key", auth_scheme="")
+    async with client(bare) as http:
+        right = await http.get("/api/tags", headers={"X-Api-Key": "upstream-secret"})
+        as_bearer = await http.get("/api/tags", headers={"Authorization": "Bearer upstream-secret"})
+        with_scheme = await http.get("/api/tags", headers={"X-Api-Key": "Bearer upstream-secret"})
+    schemed = SimConfig(required_token="upstream-secret", auth_header="X-Auth", auth_scheme="Key")
+    async with client(schemed) as http:
+        right_schemed = await http.get("/api/tags", headers={"X-Auth": "Key upstream-secret"})
+        wrong_scheme = await http.get("/api/tags", headers={"X-Auth": "Bearer upstream-secret"})
+
+    assert right.status_code == right_schemed.status_code == 200
+    assert as_bearer.status_code == with_scheme.status_code == wrong_scheme.status_code == 401
+
+
 async def test_fail_status_answers_every_model_endpoint_with_a_secret_body() -> None:
     async with client(SimConfig(fail_status=503)) as http:
         chat = await http.post("/api/chat", json=CHAT)
