@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ import anyio
 import msgspec
 
 from gateway import __version__
+from gateway.audit import audit_row, prompt_row
 from gateway.chain import route
 from gateway.chain.budget import periods_at, prompt_tokens_bound
 from gateway.chain.catalog import local_answer, me_answer
@@ -78,54 +80,80 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, self._request_id_header)
         responder = Responder(send, self._request_id_header, request.request_id)
+        services = self.services
+        if request.path == "/healthz":
+            await responder.whole(200, _encode(_Health("ok", __version__)))
+        elif services is None:
+            await responder.error(ServiceUnavailable(), request.surface)
+        elif request.path == "/readyz":
+            readiness = await services.readiness()
+            ready = readiness.ready
+            await responder.whole(
+                200 if ready else 503, _encode(_Ready("ready" if ready else "unready", readiness))
+            )
+        else:
+            await self._audited(services, request, receive, responder)
+
+    async def _audited(
+        self, services: Services, request: Request, receive: Receive, responder: Responder
+    ) -> None:
+        """Every proxied request, served or refused, leaves exactly one audit row."""
+        started_s = time.perf_counter()
+        outcome = Outcome(backend=services.backend.name)
+        admitted = False
+        body = b""
         try:
-            services = self.services
-            if request.path == "/healthz":
-                await responder.whole(200, _encode(_Health("ok", __version__)))
-            elif services is None:
-                await responder.error(ServiceUnavailable(), request.surface)
-            elif request.path == "/readyz":
-                readiness = await services.readiness()
-                ready = readiness.ready
-                await responder.whole(
-                    200 if ready else 503,
-                    _encode(_Ready("ready" if ready else "unready", readiness)),
-                )
-            else:
-                await self._proxy(services, request, receive, responder)
+            services.audit.admit()
+            admitted = True
+            body = await self._proxy(services, request, receive, responder, outcome)
         except GatewayError as exc:
+            outcome.error_code = outcome.error_code or exc.code
             if not responder.started:
                 await responder.error(exc, request.surface)
         except ClientDisconnected:
-            pass
+            outcome.client_gone = True
         except Exception:
             # The one place an unexpected failure is caught: logged whole, answered generically.
             log.exception("unhandled error in request %s", request.request_id)
+            outcome.error_code = GatewayError.code
             if not responder.started:
                 await responder.error(GatewayError(), request.surface)
+        finally:
+            row = audit_row(request, responder, outcome, time.perf_counter() - started_s)
+            services.audit.record(row, prompt_row(row, outcome, body), admitted=admitted)
 
     async def _proxy(
-        self, services: Services, request: Request, receive: Receive, responder: Responder
-    ) -> None:
+        self,
+        services: Services,
+        request: Request,
+        receive: Receive,
+        responder: Responder,
+        outcome: Outcome,
+    ) -> bytes:
+        """Serve one request; returns the body it forwarded (empty for local answers)."""
         principal = await services.authenticator.authenticate(
             request.header_values(b"authorization")
         )
+        outcome.principal = principal
         endpoint = route.resolve(request.method, request.raw_path)
         if endpoint.kind is route.Kind.ME:
             await responder.whole(200, await self._me(services, principal))
-            return
+            return b""
         if endpoint.kind in route.LOCAL:
             await responder.whole(200, local_answer(endpoint.kind, principal, services.discovery))
-            return
+            return b""
         body = await read_body(request, receive, self.settings.max_request_body_bytes)
         routed = shape_request(endpoint, body, self.settings.max_num_predict)
+        outcome.model = routed.model
+        outcome.streamed = routed.stream
         # Not allowed and not there look the same: a caller learns nothing about other models.
         if not principal.models.permits(routed.model, services.discovery.models()):
             raise ModelNotFound
         grant = await services.admission.admit(
             principal, prompt_tokens_bound(len(body)), routed.max_completion_tokens
         )
-        outcome = Outcome()
+        if principal.prompt_log_days is not None:
+            outcome.transcript = bytearray()
         try:
             await services.relay.forward(
                 request, endpoint, routed, responder, receive, grant.headers, outcome
@@ -134,6 +162,7 @@ class Gateway:
             # After the last byte, and even when the client left: never delays the answer.
             with anyio.CancelScope(shield=True):
                 await services.admission.settle(grant, outcome)
+        return body
 
     async def _me(self, services: Services, principal: Principal) -> bytes:
         used = await services.admission.used(principal, periods_at(datetime.now(UTC)))

@@ -101,6 +101,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_buffer_size: Positive = _field("AUDIT_BUFFER_SIZE", 1000)
     prompt_log_default_retention_days: Positive = _field("PROMPT_LOG_DEFAULT_RETENTION_DAYS", 30)
     audit_log_default_retention_days: Positive = _field("AUDIT_LOG_DEFAULT_RETENTION_DAYS", 365)
+    audit_flush_interval_s: Seconds = _field("AUDIT_FLUSH_INTERVAL_S", 0.5)
+    retention_sweep_interval_s: Seconds = _field("RETENTION_SWEEP_INTERVAL_S", 3600.0)
+    shutdown_grace_s: Seconds = _field("SHUTDOWN_GRACE_S", 30.0)
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^\s/]+", self.ollama_url):

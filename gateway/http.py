@@ -82,13 +82,14 @@ class ClientDisconnected(Exception):
 class Responder:
     """Sends one response; remembers whether the status line went out so errors pick their form."""
 
-    __slots__ = ("_send", "request_id", "request_id_header", "started", "status")
+    __slots__ = ("_send", "ended", "request_id", "request_id_header", "started", "status")
 
     def __init__(self, send: Send, request_id_header: bytes, request_id: str) -> None:
         self._send = send
         self.request_id_header = request_id_header
         self.request_id = request_id
         self.started = False
+        self.ended = False
         self.status = 0
 
     async def start(self, status: int, headers: Headers) -> None:
@@ -101,6 +102,7 @@ class Responder:
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self, data: bytes = b"") -> None:
+        self.ended = True
         await self._send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def whole(self, status: int, body: bytes, content_type: bytes = JSON) -> None:

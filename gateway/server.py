@@ -12,8 +12,6 @@ from hypercorn.run import run
 from gateway.config import Settings
 from gateway.upstream.sim import SimConfig, Simulator
 
-GRACEFUL_TIMEOUT_S = 30.0
-
 
 def configure_logging(settings: Settings) -> None:
     fmt = (
@@ -24,10 +22,12 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format=fmt)
 
 
-def hypercorn_config(host: str, port: int) -> Config:
+def hypercorn_config(host: str, port: int, *, graceful_timeout_s: float = 30.0) -> Config:
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    # On SIGTERM: stop accepting, give live streams this long, then run the lifespan shutdown
+    # (which flushes the audit buffer).
+    config.graceful_timeout = graceful_timeout_s
     config.accesslog = None
     # No software banner for scanners to match against advisories.
     config.include_server_header = False
@@ -39,7 +39,11 @@ def run_gateway(
     settings: Settings, *, host: str | None, port: int | None, workers: int | None
 ) -> None:
     configure_logging(settings)
-    config = hypercorn_config(host or settings.bind_host, port or settings.bind_port)
+    config = hypercorn_config(
+        host or settings.bind_host,
+        port or settings.bind_port,
+        graceful_timeout_s=settings.shutdown_grace_s,
+    )
     config.workers = workers or settings.workers
     config.worker_class = "uvloop"
     # Workers are separate processes; each builds its own app from the same environment.

@@ -11,6 +11,7 @@ from functools import partial
 import anyio
 import msgspec
 
+from gateway.audit import AuditLog
 from gateway.chain.admission import Admission
 from gateway.chain.auth import Authenticator, LocalKeyCache
 from gateway.chain.stream import Relay
@@ -18,6 +19,7 @@ from gateway.config import Settings
 from gateway.errors import ServiceUnavailable
 from gateway.keys import KeyHasher
 from gateway.ledger import Ledger
+from gateway.retention import Sweeper
 from gateway.store.pg import Database
 from gateway.store.redis import Cache
 from gateway.upstream.backend import Backend
@@ -32,10 +34,11 @@ class Readiness(msgspec.Struct):
     postgres: bool
     redis: bool
     backend: bool
+    audit: bool  # the audit buffer has room; when full, every proxied request gets 503
 
     @property
     def ready(self) -> bool:
-        return self.postgres and self.redis and self.backend
+        return self.postgres and self.redis and self.backend and self.audit
 
 
 def hasher_for(settings: Settings) -> KeyHasher:
@@ -64,6 +67,16 @@ class Services:
         self.backend = backend
         self.authenticator = authenticator
         self.relay = Relay(backend)
+        self.audit = AuditLog(
+            database,
+            capacity=settings.audit_buffer_size,
+            flush_interval_s=settings.audit_flush_interval_s,
+        )
+        self.sweeper = Sweeper(
+            database,
+            default_retention_days=settings.audit_log_default_retention_days,
+            interval_s=settings.retention_sweep_interval_s,
+        )
         self.ledger = Ledger(database, flush_interval_s=settings.ledger_flush_interval_s)
         self.admission = Admission(cache, database, self.ledger, lease_ttl_s=settings.lease_ttl_s)
         self.discovery = Discovery(
@@ -122,13 +135,16 @@ class Services:
                     settings.default_tpm,
                     settings.default_concurrent,
                 ),
+                prompt_log_default_days=settings.prompt_log_default_retention_days,
             )
             services = cls(settings, database, cache, backend, authenticator)
             async with anyio.create_task_group() as tg:
                 await tg.start(services._follow_changes, tg)
+                await tg.start(services.audit.run)
                 await tg.start(services.ledger.run)
                 await tg.start(services.admission.keep_leases)
                 await tg.start(services.discovery.run)
+                await tg.start(services.sweeper.run)
                 try:
                     yield services
                 finally:
@@ -166,4 +182,4 @@ class Services:
             tg.start_soon(probe, "postgres", self.database.ping)
             tg.start_soon(probe, "redis", self.cache.ping)
             tg.start_soon(probe, "backend", partial(self.backend.ping, READY_TIMEOUT_S))
-        return Readiness(**results)
+        return Readiness(**results, audit=not self.audit.full)

@@ -136,6 +136,7 @@ class Admission:
         usage = outcome.usage
         if usage is None and outcome.status == 200:
             usage = Usage(grant.reserved_prompt_tokens, outcome.completion_frames)
+            outcome.usage = usage
         prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
         principal = grant.principal
         self._ledger.record(

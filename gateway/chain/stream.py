@@ -22,6 +22,7 @@ from gateway.http import Receive, Request, Responder
 from gateway.upstream.backend import Backend
 from gateway.upstream.show import StrippedShow
 from gateway.upstream.sse import JsonUsage, SseUsage
+from gateway.upstream.transcript import TRANSCRIPT_MAX_BYTES
 from gateway.upstream.usage import NdjsonUsage, Usage
 
 NDJSON = b"application/x-ndjson"
@@ -65,6 +66,12 @@ def upstream_status_error(status: int) -> GatewayError:
     return BadGateway()
 
 
+async def _pass_on(data: bytes, responder: Responder, outcome: Outcome) -> None:
+    await responder.chunk(data)
+    if outcome.transcript is not None:
+        outcome.transcript += data[: TRANSCRIPT_MAX_BYTES - len(outcome.transcript)]
+
+
 class Relay:
     """Sends one routed request to a backend and streams the answer to the client."""
 
@@ -88,7 +95,8 @@ class Relay:
             async def cancel_when_client_leaves() -> None:
                 while (await receive())["type"] != "http.disconnect":
                     pass
-                outcome.client_gone = True
+                # A server may report the disconnect of a client that got the whole answer.
+                outcome.client_gone = not responder.ended
                 tg.cancel_scope.cancel()
 
             tg.start_soon(cancel_when_client_leaves)
@@ -132,10 +140,10 @@ class Relay:
                         outcome.ttfb_s = time.perf_counter() - started_s
                     forward = usage.feed(chunk)
                     if forward:
-                        await responder.chunk(forward)
+                        await _pass_on(forward, responder, outcome)
                 tail = usage.finish()
                 if tail:
-                    await responder.chunk(tail)
+                    await _pass_on(tail, responder, outcome)
                 outcome.usage = usage.usage
                 if outcome.usage is None and routed.stream:
                     # A stream always ends with its counts; without them it was cut short.

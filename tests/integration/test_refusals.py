@@ -143,18 +143,32 @@ async def test_readiness_follows_each_dependency(
                 resp = await client.get("/readyz")
                 return resp.status_code, resp.json()["checks"]
 
-            assert await checks() == (200, {"postgres": True, "redis": True, "backend": True})
+            assert await checks() == (
+                200,
+                {"postgres": True, "redis": True, "backend": True, "audit": True},
+            )
             own_redis.stop()
-            assert await checks() == (503, {"postgres": True, "redis": False, "backend": True})
+            assert await checks() == (
+                503,
+                {"postgres": True, "redis": False, "backend": True, "audit": True},
+            )
             own_redis.start()
             assert (await checks())[0] == 200
             own_postgres.stop()
-            assert await checks() == (503, {"postgres": False, "redis": True, "backend": True})
+            assert await checks() == (
+                503,
+                {"postgres": False, "redis": True, "backend": True, "audit": True},
+            )
             own_postgres.start()
             assert (await checks())[0] == 200
     # The simulator is gone now.
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         resp = await client.get("/readyz")
         assert resp.status_code == 503
-        assert resp.json()["checks"] == {"postgres": True, "redis": True, "backend": False}
+        assert resp.json()["checks"] == {
+            "postgres": True,
+            "redis": True,
+            "backend": False,
+            "audit": True,
+        }
         assert (await client.get("/healthz")).status_code == 200
