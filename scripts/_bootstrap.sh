@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# Sourced by scripts/test and scripts/demo: the project's own .venv, created and kept in sync.
-# Creates .venv (Python >= 3.11, from $PYTHON or python3) and reinstalls when pyproject.toml
-# changes. Sets `repo` and `venv`; `bootstrap_venv <script name>` does the work.
+# Sourced by scripts/test, scripts/demo and scripts/bench: the project's own .venv, created and
+# kept in sync. Creates .venv (Python >= 3.11, from $PYTHON or python3) and reinstalls when
+# pyproject.toml changes. Sets `repo` and `venv`; `bootstrap_venv <script name> [extra]` does the
+# work, installing the project with that optional extra (default `dev`).
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo/.venv"
@@ -11,7 +12,7 @@ python_ok() {
 }
 
 bootstrap_venv() {
-  local who="$1"
+  local who="$1" extra="${2:-dev}"
   if [[ ! -x "$venv/bin/python" ]]; then
     local python="${PYTHON:-python3}"
     if ! command -v "$python" >/dev/null 2>&1; then
@@ -30,15 +31,18 @@ bootstrap_venv() {
     exit 1
   fi
 
-  # One stamp for every script, so test and demo never reinstall after each other.
+  # One stamp per extra, so test and demo never reinstall after each other.
   local stamp="$venv/.pyproject-installed"
+  if [[ "$extra" != dev ]]; then
+    stamp+="-$extra"
+  fi
   local pyproject_hash
   pyproject_hash="$("$venv/bin/python" -c \
     'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' \
     "$repo/pyproject.toml")"
   if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$pyproject_hash" ]]; then
-    echo "$who: installing the project and its dev dependencies into .venv" >&2
-    (cd "$repo" && "$venv/bin/python" -m pip install --quiet -e '.[dev]')
+    echo "$who: installing the project and its $extra dependencies into .venv" >&2
+    (cd "$repo" && "$venv/bin/python" -m pip install --quiet -e ".[$extra]")
     echo "$pyproject_hash" >"$stamp"
   fi
 }
