@@ -6,17 +6,19 @@ worker thread. A cached key costs no Postgres round trip and no argon2.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
 
+import anyio
 import msgspec
 
 from gateway.chain.budget import effective_budgets
 from gateway.chain.limits import effective_limits
 from gateway.chain.values import Principal
-from gateway.errors import Unauthorized
+from gateway.errors import GatewayError, Unauthorized
 from gateway.keys import KeyHasher, cache_digest, parse_key
 from gateway.models import effective_access
 from gateway.store.pg import Database, KeyRecord
@@ -88,6 +90,17 @@ def _epoch_s(moment: datetime | None) -> float | None:
     return None if moment is None else moment.timestamp()
 
 
+class _Flight:
+    """One key lookup in progress, and what it found."""
+
+    __slots__ = ("done", "error", "principal")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.principal: Principal | None = None
+        self.error: GatewayError | None = None
+
+
 class Authenticator:
     """Resolves keys; shares one byte-identical refusal for every way a key can be wrong."""
 
@@ -113,6 +126,7 @@ class Authenticator:
         self._default_limits = default_limits
         self._prompt_log_default_days = prompt_log_default_days
         self._now = wall_clock
+        self._flights: dict[tuple[str, bytes], _Flight] = {}
 
     async def authenticate(self, authorization: list[bytes]) -> Principal:
         token = bearer_token(authorization)
@@ -129,10 +143,37 @@ class Authenticator:
                 if principal is not None:
                     self.local.put(parsed.key_id, digest, principal)
         if principal is None:
-            principal = await self._resolve(parsed.key_id, token, digest)
+            principal = await self._resolve_once(parsed.key_id, token, digest)
         if principal.expires_at_s is not None and principal.expires_at_s <= self._now():
             raise Unauthorized
         return principal
+
+    async def _resolve_once(self, key_id: str, token: str, digest: bytes) -> Principal:
+        """Resolve, with every concurrent caller of the same key waiting on one lookup.
+
+        When a busy key's cache entry expires, its requests in flight would otherwise each run
+        Postgres and argon2 at once, and stall together for seconds.
+        """
+        while True:
+            flight = self._flights.get((key_id, digest))
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.principal is not None:
+                return flight.principal
+            if flight.error is not None:
+                raise copy.copy(flight.error)
+            # The one resolving was cancelled (its client left) before it knew: try again.
+        flight = self._flights[key_id, digest] = _Flight()
+        try:
+            flight.principal = await self._resolve(key_id, token, digest)
+        except GatewayError as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._flights[key_id, digest]
+            flight.done.set()
+        return flight.principal
 
     async def _resolve(self, key_id: str, token: str, digest: bytes) -> Principal:
         record = await self._database.find_key(key_id)

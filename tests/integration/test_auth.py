@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import psycopg
 import pytest
 
 from gateway.chain.auth import Authenticator, LocalKeyCache, bearer_token
+from gateway.chain.values import Principal
 from gateway.errors import ServiceUnavailable, Unauthorized
 from gateway.keys import KeyHasher, cache_digest, generate_key
 from gateway.store.pg import Database
@@ -284,3 +286,75 @@ async def test_a_cache_entry_this_version_cannot_read_is_resolved_afresh(
     assert principal.key_id == key[3:15]
     # ... and the unreadable entry was replaced by one that reads.
     assert await authenticator(database, cache).authenticate(bearer(key)) == principal
+
+
+class CountingHasher(KeyHasher):
+    """The real hasher, counting its verifies; `gate` (when set) holds each verify until opened."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost_kib=64, parallelism=1, max_concurrent_verifies=2)
+        self.verifies = 0
+        self.verifying = anyio.Event()
+        self.gate: anyio.Event | None = None
+
+    async def verify(self, stored_hash: str, full_key: str) -> bool:
+        self.verifies += 1
+        self.verifying.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        return await super().verify(stored_hash, full_key)
+
+
+async def test_concurrent_lookups_of_one_key_share_one_verify(
+    database: Database, cache: Cache
+) -> None:
+    key = await new_key(database)
+    counting = CountingHasher()
+    auth = authenticator(database, cache, key_hasher=counting)
+    found: list[Principal] = []
+    refused: list[Unauthorized] = []
+
+    async def good() -> None:
+        found.append(await auth.authenticate(bearer(key)))
+
+    async def bad() -> None:
+        try:
+            await auth.authenticate(bearer(key[:-1] + ("x" if key[-1] != "x" else "y")))
+        except Unauthorized as exc:
+            refused.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(good)
+            tg.start_soon(bad)
+    assert len(found) == 20
+    assert len({id(p) for p in found}) == 1
+    assert len(refused) == 20
+    assert counting.verifies == 2  # one for the key, one for the wrong secret
+
+
+async def test_a_lookup_whose_client_left_does_not_strand_the_ones_waiting_on_it(
+    database: Database, cache: Cache
+) -> None:
+    key = await new_key(database)
+    counting = CountingHasher()
+    counting.gate = anyio.Event()
+    auth = authenticator(database, cache, key_hasher=counting)
+    found: list[Principal] = []
+
+    async def wait_and_resolve() -> None:
+        found.append(await auth.authenticate(bearer(key)))
+
+    async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as leader:
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(auth.authenticate, bearer(key))
+                await counting.verifying.wait()  # the leader is in its verify, held by the gate
+                tg.start_soon(wait_and_resolve)
+                await anyio.sleep(0.1)  # the second caller is now waiting on the first
+                leader.cancel()
+        counting.gate.set()
+    # The second caller saw the first give up without an answer and looked the key up itself.
+    assert counting.verifies == 2
+    assert len(found) == 1
+    assert found[0].key_id == key[3:15]
