@@ -13,7 +13,8 @@ import nox
 nox.options.sessions = ["lint", "typecheck", "tests"]
 
 REPO = Path(__file__).parent
-# The code that decides who may spend what: every line must be exercised by a test.
+# The code that decides who may spend what, and which backend may be sent a request and when:
+# every line must be exercised by a test.
 FULL_COVERAGE_FILES = (
     "gateway/chain/auth.py",
     "gateway/chain/admission.py",
@@ -22,6 +23,8 @@ FULL_COVERAGE_FILES = (
     "gateway/ledger.py",
     "gateway/models.py",
     "gateway/keys.py",
+    "gateway/upstream/breaker.py",
+    "gateway/upstream/slots.py",
 )
 
 

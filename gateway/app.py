@@ -99,7 +99,7 @@ class Gateway:
     ) -> None:
         """Every proxied request, served or refused, leaves exactly one audit row."""
         started_s = time.perf_counter()
-        outcome = Outcome(backend=services.backend.name)
+        outcome = Outcome()
         admitted = False
         body = b""
         try:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, NoReturn
 
 import msgspec
-from cyclopts import App, Parameter
+from cyclopts import App, Parameter, validators
 
 from gateway import __version__
 from gateway.cli_audit import audit
@@ -138,9 +138,30 @@ def tenants_list(*, json: Json = False) -> None:
         print_json(rows)
     else:
         print_table(
-            ["name", "id", "active keys", "created"],
-            [(t.name, t.id, t.active_keys, t.created_at) for t in rows],
+            ["name", "id", "active keys", "queue weight", "created"],
+            [(t.name, t.id, t.active_keys, t.queue_weight, t.created_at) for t in rows],
         )
+
+
+@tenants.command(name="update")
+def tenants_update(
+    name: str,
+    *,
+    queue_weight: Annotated[int, Parameter(validator=validators.Number(gte=1, lte=1000))],
+) -> None:
+    """Change a tenant's settings.
+
+    Parameters
+    ----------
+    queue_weight
+        Its share of a busy backend: when requests wait, tenants are served in turn, each taking
+        up to this many requests per turn (1-1000; every tenant starts at 1).
+    """
+    settings = cli_settings()
+    found = with_database(settings, lambda database: database.set_queue_weight(name, queue_weight))
+    if found is None:
+        raise CliError(f"no tenant named '{name}'")
+    print(f"tenant '{name}' now has queue weight {queue_weight}")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

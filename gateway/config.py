@@ -66,6 +66,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ollama_auth_token: Secret | None = _field("OLLAMA_AUTH_TOKEN", None)
     ollama_auth_header: HeaderName = _field("OLLAMA_AUTH_HEADER", "Authorization")
     ollama_auth_scheme: str = _field("OLLAMA_AUTH_SCHEME", "Bearer")
+    backend_queue_size: NonNegative = _field("BACKEND_QUEUE_SIZE", 256)
+    backend_queue_timeout_s: Seconds = _field("BACKEND_QUEUE_TIMEOUT_S", 30.0)
+    breaker_failures: Positive = _field("BREAKER_FAILURES", 5)
+    breaker_open_s: Seconds = _field("BREAKER_OPEN_S", 10.0)
     model_discovery_refresh_s: Seconds = _field("MODEL_DISCOVERY_REFRESH_S", 60.0)
     model_discovery_cache_ttl_s: Seconds = _field("MODEL_DISCOVERY_CACHE_TTL_S", 120.0)
 

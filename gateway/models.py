@@ -39,8 +39,10 @@ def effective_access(
 
 
 class DiscoveredCache(msgspec.Struct):
-    """What replicas share in Redis: the names, the tag entries as the backend sent them."""
+    """What replicas share in Redis: the names, the tag entries as the backends sent them, and
+    which backend hosts what."""
 
     models: list[str]
     at_s: float
     entries: list[msgspec.Raw] = msgspec.field(default_factory=list)
+    hosts: dict[str, list[str]] = msgspec.field(default_factory=dict)

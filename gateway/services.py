@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,7 +23,8 @@ from gateway.ledger import Ledger
 from gateway.retention import Sweeper
 from gateway.store.pg import Database
 from gateway.store.redis import Cache
-from gateway.upstream.backend import Backend
+from gateway.upstream.backends import Backends
+from gateway.upstream.breaker import BreakerStatus
 from gateway.upstream.discovery import Discovery
 
 log = logging.getLogger(__name__)
@@ -30,11 +32,17 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 2.0
 
 
+class BackendHealth(msgspec.Struct):
+    reachable: bool
+    breaker: BreakerStatus
+
+
 class Readiness(msgspec.Struct):
     postgres: bool
     redis: bool
-    backend: bool
+    backend: bool  # at least one backend answers
     audit: bool  # the audit buffer has room; when full, every proxied request gets 503
+    backends: dict[str, BackendHealth] = {}
 
     @property
     def ready(self) -> bool:
@@ -58,15 +66,14 @@ class Services:
         settings: Settings,
         database: Database,
         cache: Cache,
-        backend: Backend,
+        backends: Backends,
         authenticator: Authenticator,
     ) -> None:
         self.settings = settings
         self.database = database
         self.cache = cache
-        self.backend = backend
+        self.backends = backends
         self.authenticator = authenticator
-        self.relay = Relay(backend)
         self.audit = AuditLog(
             database,
             capacity=settings.audit_buffer_size,
@@ -80,10 +87,13 @@ class Services:
         self.ledger = Ledger(database, flush_interval_s=settings.ledger_flush_interval_s)
         self.admission = Admission(cache, database, self.ledger, lease_ttl_s=settings.lease_ttl_s)
         self.discovery = Discovery(
-            backend,
+            backends,
             cache,
             refresh_s=settings.model_discovery_refresh_s,
             ttl_s=settings.model_discovery_cache_ttl_s,
+        )
+        self.relay = Relay(
+            backends, self.discovery, queue_timeout_s=settings.backend_queue_timeout_s
         )
 
     @classmethod
@@ -105,19 +115,8 @@ class Services:
                     max_connections=settings.redis_max_connections,
                 )
             )
-            token = settings.ollama_auth_token
-            backend = await stack.enter_async_context(
-                Backend.open(
-                    "default",
-                    settings.ollama_url,
-                    auth_header=settings.ollama_auth_header,
-                    auth_value=(
-                        f"{settings.ollama_auth_scheme} {token.reveal()}".strip() if token else None
-                    ),
-                    connect_timeout_s=settings.ollama_connect_timeout_s,
-                    read_timeout_s=settings.ollama_read_timeout_s,
-                    max_connections=settings.ollama_max_connections,
-                )
+            backends = await stack.enter_async_context(
+                Backends.open(settings, database, os.environ)
             )
             authenticator = Authenticator(
                 key_prefix=settings.key_prefix,
@@ -137,8 +136,9 @@ class Services:
                 ),
                 prompt_log_default_days=settings.prompt_log_default_retention_days,
             )
-            services = cls(settings, database, cache, backend, authenticator)
+            services = cls(settings, database, cache, backends, authenticator)
             async with anyio.create_task_group() as tg:
+                await tg.start(backends.run)
                 await tg.start(services._follow_changes, tg)
                 await tg.start(services.audit.run)
                 await tg.start(services.ledger.run)
@@ -157,12 +157,16 @@ class Services:
             self.authenticator.forget(key_id)
             tg.start_soon(self._evict_shared, key_id)
 
-        await self.database.listen(
-            revoked,
-            self.authenticator.changed,
-            self.authenticator.local.clear,
-            task_status=task_status,
-        )
+        def gap() -> None:
+            self.authenticator.local.clear()
+            self.backends.changed()
+
+        handlers = {
+            "gateway_revocations": revoked,
+            "gateway_principals": self.authenticator.changed,
+            "gateway_backends": self.backends.changed,
+        }
+        await self.database.listen(handlers, gap, task_status=task_status)
 
     async def _evict_shared(self, key_id: str) -> None:
         try:
@@ -178,8 +182,22 @@ class Services:
         async def probe(name: str, check: Callable[[], Awaitable[bool]]) -> None:
             results[name] = await check()
 
+        members = dict(self.backends.members)
         async with anyio.create_task_group() as tg:
             tg.start_soon(probe, "postgres", self.database.ping)
             tg.start_soon(probe, "redis", self.cache.ping)
-            tg.start_soon(probe, "backend", partial(self.backend.ping, READY_TIMEOUT_S))
-        return Readiness(**results, audit=not self.audit.full)
+            for name, member in members.items():
+                tg.start_soon(
+                    probe, f"backend:{name}", partial(member.backend.ping, READY_TIMEOUT_S)
+                )
+        backends = {
+            name: BackendHealth(results[f"backend:{name}"], member.breaker.status())
+            for name, member in members.items()
+        }
+        return Readiness(
+            postgres=results["postgres"],
+            redis=results["redis"],
+            backend=any(health.reachable for health in backends.values()),
+            audit=not self.audit.full,
+            backends=backends,
+        )

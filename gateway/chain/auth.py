@@ -224,6 +224,7 @@ class Authenticator:
                 if record.prompt_log
                 else None
             ),
+            queue_weight=record.queue_weight,
         )
         if valid_until_s is not None and valid_until_s <= now_s:
             raise Unauthorized

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Protocol
 
 import anyio
+import msgspec
 
 from gateway.chain.route import Endpoint, Kind
 from gateway.chain.route import Protocol as WireProtocol
@@ -13,13 +17,16 @@ from gateway.chain.values import Outcome, Routed
 from gateway.errors import (
     BadGateway,
     GatewayError,
+    GatewayTimeout,
     InvalidRequest,
     ModelNotFound,
     ServiceUnavailable,
     stream_error_frame,
 )
 from gateway.http import Receive, Request, Responder
-from gateway.upstream.backend import Backend
+from gateway.upstream.backends import Backends, Member
+from gateway.upstream.breaker import BreakerState
+from gateway.upstream.discovery import Discovery
 from gateway.upstream.show import StrippedShow
 from gateway.upstream.sse import JsonUsage, SseUsage
 from gateway.upstream.transcript import TRANSCRIPT_MAX_BYTES
@@ -72,11 +79,22 @@ async def _pass_on(data: bytes, responder: Responder, outcome: Outcome) -> None:
         outcome.transcript += data[: TRANSCRIPT_MAX_BYTES - len(outcome.transcript)]
 
 
-class Relay:
-    """Sends one routed request to a backend and streams the answer to the client."""
+class _Retry(Exception):
+    """The backend failed before the client saw a byte: another backend may answer instead."""
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.code)
+        self.error = error
+
+
+class Relay:
+    """Sends one routed request to the best backend that hosts its model, fails over to the next
+    while the client has seen nothing, and streams the answer back."""
+
+    def __init__(self, backends: Backends, discovery: Discovery, *, queue_timeout_s: float) -> None:
+        self._backends = backends
+        self._discovery = discovery
+        self._queue_timeout_s = queue_timeout_s
 
     async def forward(
         self,
@@ -100,8 +118,9 @@ class Relay:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(cancel_when_client_leaves)
+            attempt = _Attempt(request, endpoint, routed, responder, headers, outcome, started_s)
             try:
-                await self._relay(request, endpoint, routed, responder, headers, outcome, started_s)
+                await self._route(attempt)
             except GatewayError as exc:
                 # Raised outside the task group, so callers see our error, not an ExceptionGroup.
                 failure = exc
@@ -110,50 +129,113 @@ class Relay:
         if failure is not None:
             raise failure
 
-    async def _relay(
-        self,
-        request: Request,
-        endpoint: Endpoint,
-        routed: Routed,
-        responder: Responder,
-        extra_headers: list[tuple[bytes, bytes]],
-        outcome: Outcome,
-        started_s: float,
-    ) -> None:
-        async with self.backend.post(
-            endpoint.upstream_path, routed.body, request.request_id
-        ) as upstream:
-            if upstream.status != 200:
+    async def _route(self, attempt: _Attempt) -> None:
+        """Try the backends that host the model, best first, until one answers."""
+        principal = attempt.outcome.principal
+        tenant, weight = (principal.tenant_id, principal.queue_weight) if principal else ("", 1)
+        hosts = self._discovery.hosts(attempt.routed.model)
+        protocol = attempt.endpoint.protocol
+        tried: set[str] = set()
+        failure: GatewayError = ModelNotFound()  # no backend that speaks this route hosts it
+        while candidates := self._backends.candidates(hosts, protocol, tried):
+            slots = self._backends.slots
+            async with slots.slot(tenant, weight, candidates, self._queue_timeout_s) as name:
+                tried.add(name)
+                member = self._backends.members.get(name)
+                if member is None:
+                    continue  # gone since it was chosen
+                trial = member.breaker.state is BreakerState.HALF_OPEN
+                if not member.breaker.allows():
+                    continue  # its one half-open trial is out already
+                attempt.outcome.backend = name
+                member.enter()
+                try:
+                    await _relay(member, attempt, trial=trial)
+                except _Retry as retry:
+                    failure = retry.error
+                else:
+                    return
+                finally:
+                    member.leave()
+        raise failure
+
+
+class _Attempt(msgspec.Struct):
+    request: Request
+    endpoint: Endpoint
+    routed: Routed
+    responder: Responder
+    extra_headers: list[tuple[bytes, bytes]]
+    outcome: Outcome
+    started_s: float
+
+
+async def _relay(member: Member, attempt: _Attempt, *, trial: bool) -> None:
+    """One backend's answer to the client; every way it ends is reported to its breaker."""
+    reported = False
+
+    def report(ok: bool) -> None:
+        nonlocal reported
+        reported = True
+        member.breaker.succeeded() if ok else member.breaker.failed()
+
+    try:
+        await _relay_reporting(member, attempt, report)
+    finally:
+        if trial and not reported:
+            # The client left before the trial showed how the backend is doing: let another try.
+            member.breaker.abandoned()
+
+
+async def _relay_reporting(
+    member: Member, attempt: _Attempt, report: Callable[[bool], None]
+) -> None:
+    request, routed, responder, outcome = (
+        attempt.request, attempt.routed, attempt.responder, attempt.outcome
+    )  # fmt: skip
+    async with AsyncExitStack() as stack:
+        try:
+            upstream = await stack.enter_async_context(
+                member.backend.post(attempt.endpoint.upstream_path, routed.body, request.request_id)
+            )
+        except (BadGateway, GatewayTimeout) as exc:
+            report(False)
+            raise _Retry(exc) from None
+        if upstream.status != 200:
+            with contextlib.suppress(BadGateway, GatewayTimeout):
                 await upstream.discard()
-                raise upstream_status_error(upstream.status)
-            content_type, usage = _reader(endpoint, routed)
-            headers = [
-                (b"content-type", content_type),
-                (b"cache-control", b"no-store"),
-                *extra_headers,
-            ]
-            await responder.start(200, headers)
-            outcome.status = 200
-            try:
-                async for chunk in upstream.chunks():
-                    if outcome.ttfb_s is None:
-                        outcome.ttfb_s = time.perf_counter() - started_s
-                    forward = usage.feed(chunk)
-                    if forward:
-                        await _pass_on(forward, responder, outcome)
-                tail = usage.finish()
-                if tail:
-                    await _pass_on(tail, responder, outcome)
-                outcome.usage = usage.usage
-                if outcome.usage is None and routed.stream:
-                    # A stream always ends with its counts; without them it was cut short.
-                    raise EndedEarly
-            except GatewayError as exc:
-                # Headers are gone already: the only honest signal left is a final error frame.
-                outcome.error_code = exc.code
-                await responder.end(stream_error_frame(exc, request.surface))
-                return
-            finally:
-                # Also when the client left: what was generated until then is what is charged.
-                outcome.completion_frames = usage.frames
-            await responder.end()
+            error = upstream_status_error(upstream.status)
+            if upstream.status >= 500:
+                report(False)
+                raise _Retry(error)
+            report(True)  # it answered; the request was what it refused
+            raise error
+        content_type, usage = _reader(attempt.endpoint, routed)
+        headers = [(b"content-type", content_type), (b"cache-control", b"no-store")]
+        await responder.start(200, [*headers, *attempt.extra_headers])
+        outcome.status = 200
+        try:
+            async for chunk in upstream.chunks():
+                if outcome.ttfb_s is None:
+                    outcome.ttfb_s = time.perf_counter() - attempt.started_s
+                forward = usage.feed(chunk)
+                if forward:
+                    await _pass_on(forward, responder, outcome)
+            tail = usage.finish()
+            if tail:
+                await _pass_on(tail, responder, outcome)
+            outcome.usage = usage.usage
+            if outcome.usage is None and routed.stream:
+                # A stream always ends with its counts; without them it was cut short.
+                raise EndedEarly
+        except GatewayError as exc:
+            # Headers are gone already: the only honest signal left is a final error frame.
+            report(False)
+            outcome.error_code = exc.code
+            await responder.end(stream_error_frame(exc, request.surface))
+            return
+        finally:
+            # Also when the client left: what was generated until then is what is charged.
+            outcome.completion_frames = usage.frames
+        report(True)
+        await responder.end()

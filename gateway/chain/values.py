@@ -54,6 +54,7 @@ class Principal(msgspec.Struct, frozen=True, array_like=True):
     models: ModelAccess
     # None: this key's prompt log is off; else how many days its rows are kept.
     prompt_log_days: int | None = None
+    queue_weight: int = 1  # the tenant's share when requests wait for a backend
 
 
 class Routed(msgspec.Struct, frozen=True):

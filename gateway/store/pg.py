@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
@@ -61,6 +61,7 @@ class KeyRecord(msgspec.Struct, frozen=True):
     tenant_allowed: list[str]
     prompt_log: bool
     prompt_log_retention_days: int | None
+    queue_weight: int
 
 
 class UsageRow(msgspec.Struct, frozen=True):
@@ -88,6 +89,7 @@ class TenantRow(msgspec.Struct, frozen=True):
     id: str
     name: str
     created_at: datetime
+    queue_weight: int = 1
     active_keys: int = 0
 
 
@@ -232,6 +234,11 @@ class Database:
     async def list_tenants(self) -> list[TenantRow]:
         return await self._fetch(TenantRow, queries.LIST_TENANTS)
 
+    async def set_queue_weight(self, name: str, weight: int) -> str | None:
+        """The tenant's id once its weight is set and announced; None if there is no such one."""
+        rows = await self._fetch(_Id, queries.SET_QUEUE_WEIGHT, name=name, weight=weight)
+        return str(rows[0].id) if rows else None
+
     async def tenant_id(self, name: str) -> str | None:
         rows = await self._fetch(_Id, queries.FIND_TENANT_ID, name=name)
         return str(rows[0].id) if rows else None
@@ -311,28 +318,26 @@ class Database:
 
     async def listen(
         self,
-        on_revoked: Callable[[str], None],
-        on_principals_changed: Callable[[str], None],
+        handlers: Mapping[str, Callable[[str], None]],
         on_gap: Callable[[], None],
         *,
         retry_s: float = 1.0,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Calls `on_revoked(key_id)` for every revocation on any replica, and
-        `on_principals_changed("k:<key_id>" | "t:<tenant_id>")` when limits change, forever.
+        """Calls `handlers[channel](payload)` for every notice on those channels, forever
+        (`gateway_revocations`, `gateway_principals`, `gateway_backends`).
 
         While the connection is down a notice can be missed, so every reconnect calls
         `on_gap()` first: the caller drops what it cached rather than trust it.
         """
         task_status.started()
-        handlers = {"gateway_revocations": on_revoked, "gateway_principals": on_principals_changed}
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
                     self._conninfo, autocommit=True, connect_timeout=max(1, round(self.timeout_s))
                 ) as conn:
-                    await conn.execute(queries.LISTEN_REVOCATIONS)
-                    await conn.execute(queries.LISTEN_PRINCIPALS)
+                    for channel in handlers:
+                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     on_gap()
                     async for notice in conn.notifies():
                         handlers[notice.channel](notice.payload)

@@ -13,12 +13,10 @@ SELECT k.id AS key_id, k.name AS key_name, t.id::text AS tenant_id, t.name AS te
        t.budget_monthly_tokens AS tenant_monthly, t.budget_total_tokens AS tenant_total,
        k.allow_all_models AS key_allow_all, k.allowed_models AS key_allowed,
        t.allow_all_models AS tenant_allow_all, t.allowed_models AS tenant_allowed,
-       k.prompt_log, k.prompt_log_retention_days
+       k.prompt_log, k.prompt_log_retention_days, t.queue_weight
 FROM gateway.api_keys k JOIN gateway.tenants t ON t.id = k.tenant_id
 WHERE k.id = %(key_id)s
 """
-
-LISTEN_PRINCIPALS = "LISTEN gateway_principals"
 
 # Per-key rows only; a tenant's usage is the sum over its keys.
 ADD_USAGE = """
@@ -70,18 +68,25 @@ UPDATE gateway.api_keys SET secret_hash = %(secret_hash)s
 WHERE id = %(key_id)s AND secret_hash = %(old_hash)s
 """
 
-LISTEN_REVOCATIONS = "LISTEN gateway_revocations"
-
 CREATE_TENANT = """
 INSERT INTO gateway.tenants (name, allow_all_models) VALUES (%(name)s, %(allow_all_models)s)
 RETURNING id::text AS id, name, created_at, allow_all_models
 """
 
 LIST_TENANTS = """
-SELECT t.id::text AS id, t.name, t.created_at,
+SELECT t.id::text AS id, t.name, t.created_at, t.queue_weight,
        (SELECT count(*) FROM gateway.api_keys k
         WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS active_keys
 FROM gateway.tenants t ORDER BY t.name
+"""
+
+# The notice makes every gateway drop the tenant's keys from its own cache at commit.
+SET_QUEUE_WEIGHT = """
+WITH changed AS (
+    UPDATE gateway.tenants SET queue_weight = %(weight)s WHERE name = %(name)s RETURNING id
+)
+SELECT changed.id::text AS id
+FROM changed, LATERAL pg_notify('gateway_principals', 't:' || changed.id::text)
 """
 
 FIND_TENANT_ID = "SELECT id FROM gateway.tenants WHERE name = %(name)s"

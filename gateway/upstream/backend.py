@@ -66,7 +66,8 @@ class Backend:
         timeout_s: dict[str, float],
     ) -> None:
         self.name = name
-        self._base_url = httpx.URL(base_url)
+        # Joined by hand: URL.join would drop a base URL's own path (a backend behind a prefix).
+        self._base_url = base_url.rstrip("/")
         self._transport = transport
         self._headers = headers
         self._timeout_s = timeout_s
@@ -114,7 +115,7 @@ class Backend:
     async def _send(self, method: str, path: str, body: bytes, request_id: str) -> httpx.Response:
         url = self._urls.get(path)
         if url is None:
-            url = self._urls[path] = self._base_url.join(path)
+            url = self._urls[path] = httpx.URL(f"{self._base_url}/{path.lstrip('/')}")
         request = httpx.Request(
             method,
             url,

@@ -24,7 +24,7 @@ from gateway.upstream.sim_answers import (
     prompt_token_estimate,
 )
 from gateway.upstream.sim_catalogue import Catalogue
-from gateway.upstream.sim_config import FAIL_MESSAGE, SimConfig, SimStats
+from gateway.upstream.sim_config import FAIL_MESSAGE, SimConfig, SimRequest, SimStats
 from gateway.upstream.sim_http import TEXT, ClientGone, Exchange, Receive, Scope, Send, SimError
 from gateway.upstream.sim_stream import Delivery, SimulatedCrash, pause_ms
 from gateway.upstream.sim_wire import (
@@ -76,16 +76,9 @@ class Simulator:
     """An Ollama v0.6-compatible server as an ASGI 3 callable: `Simulator(SimConfig(...))`."""
 
     def __init__(self, config: SimConfig | None = None) -> None:
-        self.config = config if config is not None else SimConfig()
         self.stats = SimStats()
-        self._delivery = Delivery(self.config, self.stats)
-        self._catalogue = Catalogue(self.config.models, int(time.time()), EMBEDDING_DIMS)
-        self._version_body = _encoder.encode(Version(version=self.config.version))
         self._answer_ids = itertools.count(1)
-        token = self.config.required_token
-        self._token = None if token is None else token.encode()
-        self._auth_header = self.config.auth_header.lower().encode()
-        self._auth_scheme = self.config.auth_scheme.lower().encode()
+        self.reconfigure(config if config is not None else SimConfig())
         get, post = frozenset({"GET", "HEAD"}), frozenset({"POST"})
         self._routes: dict[str, _Route] = {
             "/": _Route(get, self._root, model_endpoint=False),
@@ -102,6 +95,17 @@ class Simulator:
             "/v1/models": _Route(get, self._openai_models, model_endpoint=False),
         }
         self._openai_model_route = _Route(get, self._openai_model, model_endpoint=False)
+
+    def reconfigure(self, config: SimConfig) -> None:
+        """Behave as `config` says from the next request on (a backend that failed, recovered)."""
+        self.config = config
+        self._delivery = Delivery(config, self.stats)
+        self._catalogue = Catalogue(config.models, int(time.time()), EMBEDDING_DIMS)
+        self._version_body = _encoder.encode(Version(version=config.version))
+        token = config.required_token
+        self._token = None if token is None else token.encode()
+        self._auth_header = config.auth_header.lower().encode()
+        self._auth_scheme = config.auth_scheme.lower().encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -129,6 +133,9 @@ class Simulator:
         if exchange.method not in route.methods:
             allow = ", ".join(sorted(route.methods)).encode()
             raise SimError(405, "405 method not allowed", [(b"allow", allow)])
+        if route.model_endpoint:
+            request_id = (exchange.header(b"x-request-id") or b"").decode("latin-1")
+            self.stats.log.append(SimRequest(request_id, exchange.path, time.monotonic()))
         if route.model_endpoint and self.config.fail_status is not None:
             raise SimError(self.config.fail_status, FAIL_MESSAGE)
         body = await exchange.read_body(MAX_BODY_BYTES)

@@ -35,9 +35,27 @@ class SimConfig(msgspec.Struct, frozen=True):
         return f"SimConfig({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
 
+class SimRequest(msgspec.Struct, frozen=True):
+    """A model request as it arrived: its `X-Request-ID`, path and monotonic arrival time."""
+
+    request_id: str
+    path: str
+    at_s: float
+
+
+class SimCancel(msgspec.Struct, frozen=True):
+    """A stream its client left: when the simulator noticed, and the tokens it had sent."""
+
+    request_id: str
+    at_s: float
+    tokens_sent: int
+
+
 class SimStats(msgspec.Struct):
     """What the simulator has seen, for tests that must observe the upstream side."""
 
+    log: list[SimRequest] = msgspec.field(default_factory=list)  # model requests, in order
+    cancels: list[SimCancel] = msgspec.field(default_factory=list)
     requests: int = 0
     streams_open: int = 0
     streams_finished: int = 0

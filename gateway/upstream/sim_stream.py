@@ -1,11 +1,12 @@
 """How the simulator delivers a completion: paced, a frame per body message, crashing on demand."""
 
+import time
 from typing import Literal
 
 import anyio
 
 from gateway.upstream.sim_answers import Clock, Framer, Plan
-from gateway.upstream.sim_config import SimConfig, SimStats
+from gateway.upstream.sim_config import SimCancel, SimConfig, SimStats
 from gateway.upstream.sim_http import Exchange
 
 Outcome = Literal["finished", "crashed", "cancelled"]
@@ -41,11 +42,12 @@ class Delivery:
         await exchange.start_stream(framer.media_type)
         self._stats.streams_open += 1
         outcome: Outcome = "cancelled"
+        sent = [0]
         try:
             async with anyio.create_task_group() as task_group:
                 # A real server stops generating when its client leaves; so does this one.
                 task_group.start_soon(_cancel_on_disconnect, exchange, task_group.cancel_scope)
-                outcome = await self._emit(exchange, framer, plan, clock)
+                outcome = await self._emit(exchange, framer, plan, clock, sent)
                 task_group.cancel_scope.cancel()
         finally:
             self._stats.streams_open -= 1
@@ -57,8 +59,12 @@ class Delivery:
             self._stats.streams_finished += 1
         else:
             self._stats.streams_cancelled += 1
+            request_id = (exchange.header(b"x-request-id") or b"").decode("latin-1")
+            self._stats.cancels.append(SimCancel(request_id, time.monotonic(), sent[0]))
 
-    async def _emit(self, exchange: Exchange, framer: Framer, plan: Plan, clock: Clock) -> Outcome:
+    async def _emit(
+        self, exchange: Exchange, framer: Framer, plan: Plan, clock: Clock, sent: list[int]
+    ) -> Outcome:
         die_after = self._config.die_after_chunks
         await pause_ms(self._config.ttft_ms)
         clock.first_token()
@@ -68,6 +74,7 @@ class Delivery:
             if index > 0:
                 await pause_ms(self._config.token_delay_ms)
             await exchange.frame(framer.token(token))
+            sent[0] += 1
         if die_after is not None:
             return "crashed"  # never a proper end, however few tokens there were
         for frame in framer.finish(plan, clock.timings()):

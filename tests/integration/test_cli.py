@@ -25,10 +25,19 @@ def test_tenants_are_created_once_and_listed(env: dict[str, str]) -> None:
     assert bad.returncode == 2
     assert "invalid tenant name" in bad.stderr
     listed = msgspec.json.decode(gateway(env, "tenants", "list", "--json").stdout)
-    assert [(t["name"], t["active_keys"]) for t in listed] == [("acme", 0)]
+    assert [(t["name"], t["active_keys"], t["queue_weight"]) for t in listed] == [("acme", 0, 1)]
     table = gateway(env, "tenants", "list").stdout.splitlines()
-    assert table[0].split() == ["name", "id", "active", "keys", "created"]
+    assert table[0].split() == ["name", "id", "active", "keys", "queue", "weight", "created"]
     assert table[1].startswith("acme ")
+    weighted = gateway(env, "tenants", "update", "acme", "--queue-weight", "3")
+    assert (weighted.returncode, weighted.stdout.strip()) == (
+        0,
+        "tenant 'acme' now has queue weight 3",
+    )
+    listed = msgspec.json.decode(gateway(env, "tenants", "list", "--json").stdout)
+    assert listed[0]["queue_weight"] == 3
+    assert gateway(env, "tenants", "update", "nobody", "--queue-weight", "2").returncode == 1
+    assert gateway(env, "tenants", "update", "acme", "--queue-weight", "0").returncode == 2
 
 
 def test_a_key_is_shown_once_and_never_listed(env: dict[str, str]) -> None:

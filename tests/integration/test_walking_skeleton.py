@@ -256,7 +256,18 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert ready.status_code == 200
     assert ready.json() == {
         "status": "ready",
-        "checks": {"postgres": True, "redis": True, "backend": True, "audit": True},
+        "checks": {
+            "postgres": True,
+            "redis": True,
+            "backend": True,
+            "audit": True,
+            "backends": {
+                "default": {
+                    "reachable": True,
+                    "breaker": {"state": "closed", "failures": 0, "retry_in_s": None},
+                }
+            },
+        },
     }
 
 
