@@ -13,7 +13,7 @@ import anyio
 import msgspec
 
 from gateway import __version__
-from gateway.audit import audit_row, prompt_row
+from gateway.audit import audit_row, client_ip, prompt_row
 from gateway.chain import route
 from gateway.chain.budget import periods_at, prompt_tokens_bound
 from gateway.chain.catalog import local_answer, me_answer
@@ -23,6 +23,7 @@ from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError, ModelNotFound, ServiceUnavailable
 from gateway.http import ClientDisconnected, Receive, Request, Responder, Scope, Send, read_body
 from gateway.services import Readiness, Services
+from gateway.telemetry import NoTelemetry, RequestTrace, Telemetry, telemetry_from_env
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,29 @@ class _Ready(msgspec.Struct):
 class Gateway:
     """One gateway: `running()` builds its services (the lifespan does it for a server)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
         self.settings = settings
         self.services: Services | None = None
         self._request_id_header = settings.request_id_header.lower().encode("ascii")
+        self._given_telemetry = telemetry
+        self.telemetry: Telemetry = NoTelemetry()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Services]:
-        async with Services.open(self.settings) as services:
-            self.services = services
-            try:
-                yield services
-            finally:
-                self.services = None
+        # Built here, in the worker process that serves, unless a test brought its own.
+        telemetry = self._given_telemetry or telemetry_from_env()
+        try:
+            async with Services.open(self.settings) as services:
+                services.observe(telemetry)
+                self.services, self.telemetry = services, telemetry
+                try:
+                    yield services
+                finally:
+                    self.services, self.telemetry = None, NoTelemetry()
+        finally:
+            if self._given_telemetry is None:
+                with anyio.CancelScope(shield=True):
+                    await telemetry.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -97,30 +108,38 @@ class Gateway:
     async def _audited(
         self, services: Services, request: Request, receive: Receive, responder: Responder
     ) -> None:
-        """Every proxied request, served or refused, leaves exactly one audit row."""
+        """Every proxied request, served or refused, leaves exactly one audit row (and a trace)."""
         started_s = time.perf_counter()
         outcome = Outcome()
         admitted = False
         body = b""
-        try:
-            services.audit.admit()
-            admitted = True
-            body = await self._proxy(services, request, receive, responder, outcome)
-        except GatewayError as exc:
-            outcome.error_code = outcome.error_code or exc.code
-            if not responder.started:
-                await responder.error(exc, request.surface)
-        except ClientDisconnected:
-            outcome.client_gone = True
-        except Exception:
-            # The one place an unexpected failure is caught: logged whole, answered generically.
-            log.exception("unhandled error in request %s", request.request_id)
-            outcome.error_code = GatewayError.code
-            if not responder.started:
-                await responder.error(GatewayError(), request.surface)
-        finally:
-            row = audit_row(request, responder, outcome, time.perf_counter() - started_s)
-            services.audit.record(row, prompt_row(row, outcome, body), admitted=admitted)
+        matched = request.path if request.path in route.TABLE else None
+        trace = self.telemetry.request(
+            request.method, matched, request.headers, client_ip(request.client_host),
+            request.request_id,
+        )  # fmt: skip
+        with trace:
+            try:
+                services.audit.admit()
+                admitted = True
+                body = await self._proxy(services, request, receive, responder, outcome, trace)
+            except GatewayError as exc:
+                outcome.error_code = outcome.error_code or exc.code
+                if not responder.started:
+                    trace.deny(exc.code)
+                    await responder.error(exc, request.surface)
+            except ClientDisconnected:
+                outcome.client_gone = True
+            except Exception:
+                # The one place an unexpected failure is caught: logged whole, answered generically.
+                log.exception("unhandled error in request %s", request.request_id)
+                outcome.error_code = GatewayError.code
+                if not responder.started:
+                    await responder.error(GatewayError(), request.surface)
+            finally:
+                row = audit_row(request, responder, outcome, time.perf_counter() - started_s)
+                services.audit.record(row, prompt_row(row, outcome, body), admitted=admitted)
+                trace.end(row.status, row.error_code)
 
     async def _proxy(
         self,
@@ -129,12 +148,15 @@ class Gateway:
         receive: Receive,
         responder: Responder,
         outcome: Outcome,
+        trace: RequestTrace,
     ) -> bytes:
         """Serve one request; returns the body it forwarded (empty for local answers)."""
-        principal = await services.authenticator.authenticate(
-            request.header_values(b"authorization")
-        )
+        with trace.stage("auth"):
+            principal = await services.authenticator.authenticate(
+                request.header_values(b"authorization")
+            )
         outcome.principal = principal
+        trace.set_tenant(principal.tenant_id, principal.tenant_name)
         endpoint = route.resolve(request.method, request.raw_path)
         if endpoint.kind is route.Kind.ME:
             await responder.whole(200, await self._me(services, principal))
@@ -143,20 +165,24 @@ class Gateway:
             await responder.whole(200, local_answer(endpoint.kind, principal, services.discovery))
             return b""
         body = await read_body(request, receive, self.settings.max_request_body_bytes)
-        routed = shape_request(endpoint, body, self.settings.max_num_predict)
-        outcome.model = routed.model
-        outcome.streamed = routed.stream
-        # Not allowed and not there look the same: a caller learns nothing about other models.
-        if not principal.models.permits(routed.model, services.discovery.models()):
-            raise ModelNotFound
-        grant = await services.admission.admit(
-            principal, prompt_tokens_bound(len(body)), routed.max_completion_tokens
-        )
+        with trace.stage("route"):
+            routed = shape_request(endpoint, body, self.settings.max_num_predict)
+            outcome.model = routed.model
+            outcome.streamed = routed.stream
+            # Not allowed and not there look the same: a caller learns nothing about others.
+            if not principal.models.permits(routed.model, services.discovery.models()):
+                raise ModelNotFound
+        trace.set_model(routed.model)
+        # Rate limits and the budget reservation are one atomic script: one span for both.
+        with trace.stage("limits_and_budget"):
+            grant = await services.admission.admit(
+                principal, prompt_tokens_bound(len(body)), routed.max_completion_tokens
+            )
         if principal.prompt_log_days is not None:
             outcome.transcript = bytearray()
         try:
             await services.relay.forward(
-                request, endpoint, routed, responder, receive, grant.headers, outcome
+                request, endpoint, routed, responder, receive, grant.headers, outcome, trace
             )
         finally:
             # After the last byte, and even when the client left: never delays the answer.

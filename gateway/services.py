@@ -23,6 +23,7 @@ from gateway.ledger import Ledger
 from gateway.retention import Sweeper
 from gateway.store.pg import Database
 from gateway.store.redis import Cache
+from gateway.telemetry import Telemetry
 from gateway.upstream.backends import Backends
 from gateway.upstream.breaker import BreakerStatus
 from gateway.upstream.discovery import Discovery
@@ -149,6 +150,15 @@ class Services:
                     yield services
                 finally:
                     tg.cancel_scope.cancel()
+
+    def observe(self, telemetry: Telemetry) -> None:
+        """Gauges read on the telemetry's export thread: plain reads, nothing that blocks."""
+        telemetry.observe_audit_depth(lambda: self.audit.depth)
+        telemetry.observe_breakers(
+            lambda: {
+                name: m.breaker.status().state for name, m in list(self.backends.members.items())
+            }
+        )
 
     async def _follow_changes(
         self, tg: anyio.abc.TaskGroup, *, task_status: anyio.abc.TaskStatus[None]

@@ -24,6 +24,7 @@ from gateway.errors import (
     stream_error_frame,
 )
 from gateway.http import Receive, Request, Responder
+from gateway.telemetry import NoRequestTrace, RequestTrace, UpstreamTrace
 from gateway.upstream.backends import Backends, Member
 from gateway.upstream.breaker import BreakerState
 from gateway.upstream.discovery import Discovery
@@ -79,6 +80,9 @@ async def _pass_on(data: bytes, responder: Responder, outcome: Outcome) -> None:
         outcome.transcript += data[: TRANSCRIPT_MAX_BYTES - len(outcome.transcript)]
 
 
+NO_TRACE: RequestTrace = NoRequestTrace()
+
+
 class _Retry(Exception):
     """The backend failed before the client saw a byte: another backend may answer instead."""
 
@@ -105,6 +109,7 @@ class Relay:
         receive: Receive,
         headers: list[tuple[bytes, bytes]],
         outcome: Outcome,
+        trace: RequestTrace = NO_TRACE,
     ) -> None:
         started_s = time.perf_counter()
         failure: GatewayError | None = None
@@ -118,9 +123,12 @@ class Relay:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(cancel_when_client_leaves)
-            attempt = _Attempt(request, endpoint, routed, responder, headers, outcome, started_s)
+            attempt = _Attempt(
+                request, endpoint, routed, responder, headers, outcome, started_s, trace
+            )
             try:
-                await self._route(attempt)
+                with trace.stage("upstream"):
+                    await self._route(attempt)
             except GatewayError as exc:
                 # Raised outside the task group, so callers see our error, not an ExceptionGroup.
                 failure = exc
@@ -138,8 +146,11 @@ class Relay:
         tried: set[str] = set()
         failure: GatewayError = ModelNotFound()  # no backend that speaks this route hosts it
         while candidates := self._backends.candidates(hosts, protocol, tried):
-            slots = self._backends.slots
-            async with slots.slot(tenant, weight, candidates, self._queue_timeout_s) as name:
+            async with AsyncExitStack() as held:
+                with attempt.trace.stage("queue"):
+                    name = await held.enter_async_context(
+                        self._backends.slots.slot(tenant, weight, candidates, self._queue_timeout_s)
+                    )
                 tried.add(name)
                 member = self._backends.members.get(name)
                 if member is None:
@@ -168,6 +179,20 @@ class _Attempt(msgspec.Struct):
     extra_headers: list[tuple[bytes, bytes]]
     outcome: Outcome
     started_s: float
+    trace: RequestTrace
+
+
+def _operation(endpoint: Endpoint) -> str:
+    """The GenAI operation name of an endpoint."""
+    if endpoint.kind is Kind.EMBED:
+        return "embeddings"
+    if endpoint.kind is Kind.SHOW:
+        return "show"
+    return (
+        "chat"
+        if endpoint.path.endswith("chat") or endpoint.path.endswith("/chat/completions")
+        else "text_completion"
+    )
 
 
 async def _relay(member: Member, attempt: _Attempt, *, trial: bool) -> None:
@@ -179,8 +204,13 @@ async def _relay(member: Member, attempt: _Attempt, *, trial: bool) -> None:
         reported = True
         member.breaker.succeeded() if ok else member.breaker.failed()
 
+    spec = member.spec
+    span = attempt.trace.upstream(
+        spec.kind, _operation(attempt.endpoint), attempt.routed.model, spec.name
+    )
     try:
-        await _relay_reporting(member, attempt, report)
+        with span as up:
+            await _relay_reporting(member, attempt, report, up)
     finally:
         if trial and not reported:
             # The client left before the trial showed how the backend is doing: let another try.
@@ -188,7 +218,7 @@ async def _relay(member: Member, attempt: _Attempt, *, trial: bool) -> None:
 
 
 async def _relay_reporting(
-    member: Member, attempt: _Attempt, report: Callable[[bool], None]
+    member: Member, attempt: _Attempt, report: Callable[[bool], None], up: UpstreamTrace
 ) -> None:
     request, routed, responder, outcome = (
         attempt.request, attempt.routed, attempt.responder, attempt.outcome
@@ -196,15 +226,23 @@ async def _relay_reporting(
     async with AsyncExitStack() as stack:
         try:
             upstream = await stack.enter_async_context(
-                member.backend.post(attempt.endpoint.upstream_path, routed.body, request.request_id)
+                member.backend.post(
+                    attempt.endpoint.upstream_path,
+                    routed.body,
+                    request.request_id,
+                    attempt.trace.traceparent(),
+                )
             )
         except (BadGateway, GatewayTimeout) as exc:
             report(False)
+            up.failed(exc.code)
             raise _Retry(exc) from None
+        up.responded(upstream.status)
         if upstream.status != 200:
             with contextlib.suppress(BadGateway, GatewayTimeout):
                 await upstream.discard()
             error = upstream_status_error(upstream.status)
+            up.failed(error.code)
             if upstream.status >= 500:
                 report(False)
                 raise _Retry(error)
@@ -218,6 +256,7 @@ async def _relay_reporting(
             async for chunk in upstream.chunks():
                 if outcome.ttfb_s is None:
                     outcome.ttfb_s = time.perf_counter() - attempt.started_s
+                    up.first_token()
                 forward = usage.feed(chunk)
                 if forward:
                     await _pass_on(forward, responder, outcome)
@@ -228,9 +267,12 @@ async def _relay_reporting(
             if outcome.usage is None and routed.stream:
                 # A stream always ends with its counts; without them it was cut short.
                 raise EndedEarly
+            if outcome.usage is not None:
+                up.usage(outcome.usage.prompt_tokens, outcome.usage.completion_tokens, None)
         except GatewayError as exc:
             # Headers are gone already: the only honest signal left is a final error frame.
             report(False)
+            up.failed(exc.code)
             outcome.error_code = exc.code
             await responder.end(stream_error_frame(exc, request.surface))
             return

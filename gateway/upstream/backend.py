@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 
 import aiohttp
@@ -112,14 +112,21 @@ class Backend:
             with anyio.CancelScope(shield=True):
                 await transport.aclose()
 
-    async def _send(self, method: str, path: str, body: bytes, request_id: str) -> httpx.Response:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        request_id: str,
+        extra: Sequence[tuple[bytes, bytes]] = (),
+    ) -> httpx.Response:
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(f"{self._base_url}/{path.lstrip('/')}")
         request = httpx.Request(
             method,
             url,
-            headers=[*self._headers, (b"x-request-id", request_id.encode("ascii"))],
+            headers=[*self._headers, (b"x-request-id", request_id.encode("ascii")), *extra],
             content=body,
             extensions={"timeout": self._timeout_s},
         )
@@ -128,10 +135,11 @@ class Backend:
 
     @asynccontextmanager
     async def post(
-        self, path: str, body: bytes, request_id: str
+        self, path: str, body: bytes, request_id: str, headers: Sequence[tuple[bytes, bytes]] = ()
     ) -> AsyncIterator[UpstreamResponse]:
-        """POST and hand over the response before its body is read; always closes it."""
-        response = await self._send("POST", path, body, request_id)
+        """POST and hand over the response before its body is read; always closes it.
+        `headers` go along (the trace context); the backend's own auth header always does."""
+        response = await self._send("POST", path, body, request_id, headers)
         try:
             yield UpstreamResponse(response)
         finally:

@@ -135,7 +135,15 @@ class Simulator:
             raise SimError(405, "405 method not allowed", [(b"allow", allow)])
         if route.model_endpoint:
             request_id = (exchange.header(b"x-request-id") or b"").decode("latin-1")
-            self.stats.log.append(SimRequest(request_id, exchange.path, time.monotonic()))
+            parent = exchange.header(b"traceparent")
+            self.stats.log.append(
+                SimRequest(
+                    request_id,
+                    exchange.path,
+                    time.monotonic(),
+                    parent.decode("latin-1") if parent is not None else None,
+                )
+            )
         if route.model_endpoint and self.config.fail_status is not None:
             raise SimError(self.config.fail_status, FAIL_MESSAGE)
         body = await exchange.read_body(MAX_BODY_BYTES)

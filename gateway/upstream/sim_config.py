@@ -41,6 +41,7 @@ class SimRequest(msgspec.Struct, frozen=True):
     request_id: str
     path: str
     at_s: float
+    traceparent: str | None = None  # the W3C trace context the request carried
 
 
 class SimCancel(msgspec.Struct, frozen=True):

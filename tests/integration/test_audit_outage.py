@@ -96,7 +96,7 @@ async def test_a_full_buffer_refuses_with_503_until_it_drains(
     assert rows["req-0006"].status == 503
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert process.poll() is None, "the gateway exited during start-up"
@@ -123,7 +123,7 @@ async def test_sigterm_lets_live_streams_finish_and_flushes_their_rows(
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait_healthy(url, process)
+            wait_healthy(url, process)
             started = anyio.Event()
             first_lines = 0
             finished: list[dict[str, Any]] = []
