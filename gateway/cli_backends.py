@@ -18,6 +18,7 @@ from cyclopts import App, Parameter
 from gateway.cli_common import CliError, Json, cli_settings, print_json, print_table, with_database
 from gateway.config import Secret, Settings
 from gateway.store.pg import BackendRow, Conflict, Database, Rejected
+from gateway.upstream.backends import spec_of
 from gateway.upstream.probe import ProbeResult, probe_all
 from gateway.upstream.spec import (
     DEFAULT_AUTH_HEADER,
@@ -77,10 +78,6 @@ def listed(backend: BackendRow | BackendSpec, source: Source = "database") -> Li
         backend.enabled,
         source,
     )
-
-
-def spec_of(row: BackendRow) -> BackendSpec:
-    return BackendSpec(**msgspec.structs.asdict(row))
 
 
 def _default(settings: Settings) -> BackendSpec:

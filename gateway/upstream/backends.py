@@ -127,7 +127,10 @@ class Backends:
     async def load(self) -> None:
         """Read the table: open what is new or changed, retire what is gone."""
         rows = await self._database.list_backends()
-        specs = [spec_of(row) for row in rows if row.enabled] if rows else [self._default()]
+        if rows:
+            specs = [spec_of(row) for row in rows if row.enabled]
+        else:
+            specs = [default_spec(self._settings)]
         wanted = {spec.name: spec for spec in specs}
         before = dict(self.members)
         for name, member in list(self.members.items()):
@@ -144,9 +147,6 @@ class Backends:
                     self.slots.configure(spec.name, spec.max_parallel)
         if self.members != before:
             self.on_change()
-
-    def _default(self) -> BackendSpec:
-        return default_spec(self._settings)
 
     async def _open(self, spec: BackendSpec) -> Member | None:
         problem: str | None = None

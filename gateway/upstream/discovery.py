@@ -70,26 +70,44 @@ class Discovery:
         self._ttl_s = ttl_s
         self._clock = clock
         self._seen: dict[str, _Seen] = {}
+        # What every request reads (the model check, routing), worked out once per change.
+        self._snapshot: tuple[float, dict[str, _Seen], frozenset[str]] | None = None
         self._cache_key = f"{cache.prefix}:{DISCOVERED_SUFFIX}"
         self._poked = anyio.Event()
         backends.on_change = self.poke
 
     def poke(self) -> None:
         """Poll now rather than at the next interval (a backend was added or changed)."""
+        self._snapshot = None
         self._poked.set()
 
-    def _fresh(self) -> dict[str, _Seen]:
-        oldest_s = self._clock() - self._ttl_s
+    def _saw(self, backend: str, seen: _Seen) -> None:
+        self._seen[backend] = seen
+        self._snapshot = None
+
+    def _current(self) -> tuple[dict[str, _Seen], frozenset[str]]:
+        """The answers still fresh, of current backends, and their union; kept until one of them
+        grows too old or anything changes."""
+        now_s = self._clock()
+        if self._snapshot is not None and now_s < self._snapshot[0]:
+            return self._snapshot[1], self._snapshot[2]
         members = self._backends.members
-        return {
+        fresh = {
             name: seen
             for name, seen in self._seen.items()
-            if seen.at_s >= oldest_s and name in members
+            if seen.at_s >= now_s - self._ttl_s and name in members
         }
+        union = frozenset().union(*(seen.models for seen in fresh.values()))
+        expires_s = min((seen.at_s for seen in fresh.values()), default=now_s) + self._ttl_s
+        self._snapshot = (expires_s, fresh, union)
+        return fresh, union
+
+    def _fresh(self) -> dict[str, _Seen]:
+        return self._current()[0]
 
     def models(self) -> frozenset[str]:
         """Every model some current backend hosts: the union, de-duplicated."""
-        return frozenset().union(*(seen.models for seen in self._fresh().values()))
+        return self._current()[1]
 
     def hosts(self, model: str) -> frozenset[str]:
         """The backends that host `model`."""
@@ -111,7 +129,7 @@ class Discovery:
         async def poll(member: Member) -> None:
             try:
                 with anyio.fail_after(min(self._refresh_s, POLL_TIMEOUT_S)):
-                    self._seen[member.spec.name] = await self._poll(member)
+                    self._saw(member.spec.name, await self._poll(member))
             except (GatewayError, TimeoutError) as exc:
                 log.warning("model discovery of backend %s failed: %s", member.spec.name, exc)
                 failed.append(member.spec.name)
@@ -165,7 +183,7 @@ class Discovery:
             seen = self._seen.get(backend)
             if seen is None or shared.at_s > seen.at_s:
                 entries = {m: by_name[m] for m in models if m in by_name}
-                self._seen[backend] = _Seen(frozenset(models), entries, shared.at_s)
+                self._saw(backend, _Seen(frozenset(models), entries, shared.at_s))
 
     async def _poll_once(self) -> None:
         try:

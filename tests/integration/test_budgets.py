@@ -41,14 +41,8 @@ ROOMY: _Roomy = {
 
 
 @pytest.fixture
-def env(database_url: str, redis_url: str, redis_prefix: str, simulator_url: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": redis_prefix,
-        "OLLAMA_URL": simulator_url,
-        "MAX_NUM_PREDICT": "20",
-    }
+def env(env: dict[str, str]) -> dict[str, str]:
+    return {**env, "MAX_NUM_PREDICT": "20"}
 
 
 async def burst(client: httpx.AsyncClient, key: str, count: int) -> list[httpx.Response]:

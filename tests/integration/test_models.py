@@ -27,13 +27,8 @@ def sim(start_simulator: Callable[..., AbstractContextManager[str]]) -> Any:
 
 
 @pytest.fixture
-def env(database_url: str, redis_url: str, redis_prefix: str, sim: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": redis_prefix,
-        "OLLAMA_URL": sim,
-    }
+def env(env: dict[str, str], sim: str) -> dict[str, str]:
+    return {**env, "OLLAMA_URL": sim}
 
 
 def restrict(url: str, tenant: str, models: list[str]) -> None:
