@@ -5,23 +5,26 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 
 import anyio
 import msgspec
 
 from gateway import __version__
-from gateway.audit import audit_row, client_ip, prompt_row
+from gateway.audit import audit_row, prompt_row
 from gateway.chain import route
 from gateway.chain.budget import periods_at, prompt_tokens_bound
 from gateway.chain.catalog import local_answer, me_answer
 from gateway.chain.shape import shape_request
 from gateway.chain.values import Outcome, Principal
+from gateway.clientip import TrustedProxies
 from gateway.config import Settings, load_settings
-from gateway.errors import GatewayError, ModelNotFound, ServiceUnavailable
+from gateway.errors import GatewayError, HeadersTooLarge, ModelNotFound, ServiceUnavailable
 from gateway.http import ClientDisconnected, Receive, Request, Responder, Scope, Send, read_body
+from gateway.playground import Playground
+from gateway.playground import owns as playground_owns
 from gateway.services import Readiness, Services
 from gateway.telemetry import NoTelemetry, RequestTrace, Telemetry, telemetry_from_env
 
@@ -40,6 +43,29 @@ class _Ready(msgspec.Struct):
     checks: Readiness
 
 
+class _Capacity:
+    """Requests this worker is serving; past the cap one is refused at once, never queued."""
+
+    __slots__ = ("busy", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.busy = 0
+        self.limit = limit
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.busy >= self.limit:
+            raise ServiceUnavailable(
+                "the gateway is serving as many requests as it can",
+                headers=((b"retry-after", b"1"),),
+            )
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+
+
 class Gateway:
     """One gateway: `running()` builds its services (the lifespan does it for a server)."""
 
@@ -47,8 +73,15 @@ class Gateway:
         self.settings = settings
         self.services: Services | None = None
         self._request_id_header = settings.request_id_header.lower().encode("ascii")
+        # Parsed once: each request only looks its peer up in them.
+        self._proxies = TrustedProxies(settings.trusted_proxies)
         self._given_telemetry = telemetry
+        # Read once here, so serving the page never touches the disk.
+        self._playground = (
+            Playground(settings.request_id_header) if settings.playground_enabled else None
+        )
         self.telemetry: Telemetry = NoTelemetry()
+        self._capacity = _Capacity(settings.max_concurrent_requests)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Services]:
@@ -89,11 +122,17 @@ class Gateway:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, self._request_id_header)
+        request = Request(scope, self._request_id_header, proxies=self._proxies)
         responder = Responder(send, self._request_id_header, request.request_id)
         services = self.services
-        if request.path == "/healthz":
+        if _header_bytes(request) > self.settings.max_header_bytes:
+            # Hypercorn bounds a head still arriving; one that came whole in a read is ours.
+            await responder.error(HeadersTooLarge(), request.surface)
+        elif request.path == "/healthz":
             await responder.whole(200, _encode(_Health("ok", __version__)))
+        elif self._playground is not None and playground_owns(request.path):
+            # Public static files: no key, no audit row; every call the page makes carries a key.
+            await self._playground.serve(request, responder)
         elif services is None:
             await responder.error(ServiceUnavailable(), request.surface)
         elif request.path == "/readyz":
@@ -115,14 +154,15 @@ class Gateway:
         body = b""
         matched = request.path if request.path in route.TABLE else None
         trace = self.telemetry.request(
-            request.method, matched, request.headers, client_ip(request.client_host),
+            request.method, matched, request.headers, request.client_ip,
             request.request_id,
         )  # fmt: skip
         with trace:
             try:
                 services.audit.admit()
                 admitted = True
-                body = await self._proxy(services, request, receive, responder, outcome, trace)
+                with self._capacity.slot():
+                    body = await self._proxy(services, request, receive, responder, outcome, trace)
             except GatewayError as exc:
                 outcome.error_code = outcome.error_code or exc.code
                 if not responder.started:
@@ -153,7 +193,7 @@ class Gateway:
         """Serve one request; returns the body it forwarded (empty for local answers)."""
         with trace.stage("auth"):
             principal = await services.authenticator.authenticate(
-                request.header_values(b"authorization")
+                request.header_values(b"authorization"), request.client_ip
             )
         outcome.principal = principal
         trace.set_tenant(principal.tenant_id, principal.tenant_name)
@@ -164,7 +204,12 @@ class Gateway:
         if endpoint.kind in route.LOCAL:
             await responder.whole(200, local_answer(endpoint.kind, principal, services.discovery))
             return b""
-        body = await read_body(request, receive, self.settings.max_request_body_bytes)
+        body = await read_body(
+            request,
+            receive,
+            self.settings.max_request_body_bytes,
+            timeout_s=self.settings.client_body_timeout_s,
+        )
         with trace.stage("route"):
             routed = shape_request(endpoint, body, self.settings.max_num_predict)
             outcome.model = routed.model
@@ -193,6 +238,11 @@ class Gateway:
     async def _me(self, services: Services, principal: Principal) -> bytes:
         used = await services.admission.used(principal, periods_at(datetime.now(UTC)))
         return me_answer(principal, self.settings.key_prefix, used, services.discovery.models())
+
+
+def _header_bytes(request: Request) -> int:
+    # As on the wire: name, ": ", value, CRLF.
+    return sum(len(name) + len(value) + 4 for name, value in request.headers)
 
 
 def create_app() -> Gateway:

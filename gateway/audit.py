@@ -5,7 +5,6 @@ A request is served only while the buffer has room, and its row is never dropped
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -77,14 +76,6 @@ def text(value: str | None, limit: int = _MAX_TEXT) -> str | None:
     return value.replace("\x00", "\ufffd")[:limit]
 
 
-def client_ip(host: str | None) -> str | None:
-    """The peer address if it is an IP address (a Unix socket peer has none)."""
-    try:
-        return str(ipaddress.ip_address(host)) if host else None
-    except ValueError:
-        return None
-
-
 def audit_row(
     request: Request, responder: Responder, outcome: Outcome, duration_s: float
 ) -> AuditRow:
@@ -106,7 +97,7 @@ def audit_row(
         request_id=request.request_id,
         tenant_id=principal.tenant_id if principal else None,
         key_id=principal.key_id if principal else None,
-        client_ip=client_ip(request.client_host),
+        client_ip=request.client_ip,
         method=text(request.method, 16) or "",
         route=text(request.path) or "",
         model=text(outcome.model),

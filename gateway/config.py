@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from gateway.clientip import TrustedProxies
+
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -91,6 +93,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ledger_flush_interval_s: Seconds = _field("LEDGER_FLUSH_INTERVAL_S", 0.5)
     max_request_body_bytes: Positive = _field("MAX_REQUEST_BODY_BYTES", 262_144)
     max_num_predict: Positive = _field("MAX_NUM_PREDICT", 4096)
+    # Slow and greedy clients, per worker process (server.py hands the first two to hypercorn).
+    client_header_timeout_s: Seconds = _field("CLIENT_HEADER_TIMEOUT_S", 10.0)
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = _field("MAX_HEADER_BYTES", 16_384)
+    client_body_timeout_s: Seconds = _field("CLIENT_BODY_TIMEOUT_S", 30.0)
+    max_concurrent_requests: Positive = _field("GATEWAY_MAX_CONCURRENT_REQUESTS", 512)
 
     argon2_time_cost: Positive = _field("ARGON2_TIME_COST", 3)
     argon2_memory_cost_kib: Annotated[int, msgspec.Meta(ge=8)] = _field(
@@ -108,10 +115,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_flush_interval_s: Seconds = _field("AUDIT_FLUSH_INTERVAL_S", 0.5)
     retention_sweep_interval_s: Seconds = _field("RETENTION_SWEEP_INTERVAL_S", 3600.0)
     shutdown_grace_s: Seconds = _field("SHUTDOWN_GRACE_S", 30.0)
+    # The browser page at /playground (docs/PLAYGROUND.md); off unless an operator turns it on.
+    playground_enabled: bool = _field("PLAYGROUND_ENABLED", False)
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^\s/]+", self.ollama_url):
             raise ValueError("OLLAMA_URL must be an http:// or https:// URL")
+        try:
+            TrustedProxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise ValueError(f"GATEWAY_TRUSTED_PROXIES: {exc}") from None
 
 
 # Names the earlier system used, still honoured so its operators' .env files keep working.

@@ -74,11 +74,33 @@ class PayloadTooLarge(GatewayError):
     message = "the request body is larger than the gateway accepts"
 
 
+class HeadersTooLarge(GatewayError):
+    status, kind, code = 431, "invalid_request_error", "headers_too_large"
+    message = "the request headers are larger than the gateway accepts"
+
+
+class RequestTimeout(GatewayError):
+    """The client did not send its whole body in time; the connection closes after the answer."""
+
+    status, kind, code = 408, "invalid_request_error", "request_timeout"
+    message = "the request body did not arrive in time"
+
+
 class RateLimited(GatewayError):
     """A rate or concurrency limit of the caller's own key or tenant; the detail names which."""
 
     status, kind, code = 429, "rate_limit_error", "rate_limit_exceeded"
     message = "rate limit reached"
+
+
+class AuthRateLimited(GatewayError):
+    """Too many failed authentications from the client's address: refused before any key check."""
+
+    status, kind, code = 429, "rate_limit_error", "auth_rate_limited"
+    message = "too many failed authentication attempts from this address; retry later"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(headers=((b"retry-after", str(retry_after_s).encode("ascii")),))
 
 
 class BudgetExhausted(GatewayError):

@@ -7,7 +7,17 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, Surface, error_body
+import anyio
+
+from gateway.clientip import TrustedProxies, decide_client_ip
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    Surface,
+    error_body,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -17,20 +27,36 @@ Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
 _WELL_FORMED_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_NO_PROXIES = TrustedProxies(())
 
 
 class Request:
     """What the chain needs to know about one HTTP request; built once from the ASGI scope."""
 
-    __slots__ = ("client_host", "headers", "method", "path", "raw_path", "request_id", "surface")
+    __slots__ = (
+        "client_host",
+        "client_ip",
+        "headers",
+        "method",
+        "path",
+        "raw_path",
+        "request_id",
+        "surface",
+    )
 
-    def __init__(self, scope: Scope, request_id_header: bytes) -> None:
+    def __init__(
+        self, scope: Scope, request_id_header: bytes, *, proxies: TrustedProxies = _NO_PROXIES
+    ) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
         self.headers: Headers = scope["headers"]
         client = scope.get("client")
         self.client_host: str | None = client[0] if client else None
+        # The one address audit, telemetry and the auth-failure throttle all use.
+        self.client_ip = decide_client_ip(
+            self.client_host, self.header_values(b"x-forwarded-for"), proxies
+        )
         self.surface = Surface.of(self.path)
         incoming = self.header(request_id_header)
         self.request_id: str = (
@@ -50,8 +76,22 @@ class Request:
         return [value for key, value in self.headers if key == name]
 
 
-async def read_body(request: Request, receive: Receive, max_bytes: int) -> bytes:
-    """The whole request body, refused with 413 as soon as it is known to exceed `max_bytes`."""
+async def read_body(
+    request: Request, receive: Receive, max_bytes: int, *, timeout_s: float
+) -> bytes:
+    """The whole request body, refused with 413 as soon as it is known to exceed `max_bytes`.
+
+    The whole body must arrive within `timeout_s` (408 otherwise): hypercorn's own deadlines end
+    with the headers, and a client trickling its body would hold a connection and a task forever.
+    """
+    try:
+        with anyio.fail_after(timeout_s):
+            return await _read_body(request, receive, max_bytes)
+    except TimeoutError:
+        raise RequestTimeout from None
+
+
+async def _read_body(request: Request, receive: Receive, max_bytes: int) -> bytes:
     declared = request.header_values(b"content-length")
     if len(declared) > 1:
         raise InvalidRequest("more than one Content-Length header")
@@ -94,6 +134,11 @@ class Responder:
 
     async def start(self, status: int, headers: Headers) -> None:
         headers.append((self.request_id_header, self.request_id.encode("ascii")))
+        # Every answer is JSON, NDJSON or SSE: no browser may sniff it into something runnable.
+        headers.append((b"x-content-type-options", b"nosniff"))
+        # Answers are per key (quotas, models, completions): no shared or private cache keeps one.
+        if not any(name == b"cache-control" for name, _ in headers):
+            headers.append((b"cache-control", b"no-store"))
         self.started = True
         self.status = status
         await self._send({"type": "http.response.start", "status": status, "headers": headers})

@@ -35,14 +35,30 @@ def hypercorn_config(host: str, port: int, *, graceful_timeout_s: float = 30.0) 
     return config
 
 
+def gateway_config(settings: Settings, *, host: str, port: int) -> Config:
+    """The hypercorn configuration the gateway serves with: slow and greedy clients bounded.
+
+    Hypercorn's idle timer runs from the moment a connection opens (or finishes its last
+    answer) until a whole request head has arrived, so `keep_alive_timeout` is both the
+    keep-alive idle timeout and the header deadline: a client trickling its headers is cut off.
+    The body's deadline is the gateway's own (`read_body`). `read_timeout` stays unset: it
+    would count the silence of a client waiting for a long answer, and end the answer.
+    """
+    config = hypercorn_config(host, port, graceful_timeout_s=settings.shutdown_grace_s)
+    config.keep_alive_timeout = settings.client_header_timeout_s
+    # The request line and headers together (HTTP/1.1); the same bound for HTTP/2's header list.
+    config.h11_max_incomplete_size = settings.max_header_bytes
+    config.h2_max_header_list_size = settings.max_header_bytes
+    config.read_timeout = None
+    return config
+
+
 def run_gateway(
     settings: Settings, *, host: str | None, port: int | None, workers: int | None
 ) -> None:
     configure_logging(settings)
-    config = hypercorn_config(
-        host or settings.bind_host,
-        port or settings.bind_port,
-        graceful_timeout_s=settings.shutdown_grace_s,
+    config = gateway_config(
+        settings, host=host or settings.bind_host, port=port or settings.bind_port
     )
     config.workers = workers or settings.workers
     config.worker_class = "uvloop"

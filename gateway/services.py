@@ -136,6 +136,7 @@ class Services:
                     settings.default_concurrent,
                 ),
                 prompt_log_default_days=settings.prompt_log_default_retention_days,
+                failures_per_ip_per_min=settings.auth_failure_rate_limit_per_ip_per_min,
             )
             services = cls(settings, database, cache, backends, authenticator)
             async with anyio.create_task_group() as tg:

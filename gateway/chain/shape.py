@@ -38,13 +38,24 @@ def shape_request(endpoint: Endpoint, body: bytes, max_completion_tokens: int) -
     return _shape_openai(payload, model, stream, max_completion_tokens)
 
 
+# Ollama decodes with Go's encoding/json, which matches keys ignoring case (with Unicode
+# folding: U+017F is "s"). A "MODEL" the gateway never read would pick the model upstream.
+_CHECKED_FIELDS = frozenset(
+    {"model", "stream", "options", "max_tokens", "max_completion_tokens", "n", "stream_options"}
+)
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         payload = _decode_json(body)
-    except msgspec.DecodeError:
+    # Nesting past msgspec's depth and invalid UTF-8 escape DecodeError; both are the client's.
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         raise InvalidRequest("the request body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    for key in payload:
+        if key not in _CHECKED_FIELDS and key.casefold() in _CHECKED_FIELDS:
+            raise InvalidRequest("a field the gateway checks is not spelled in lower case")
     return payload
 
 

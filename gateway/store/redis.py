@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from importlib.resources import files
+from typing import NamedTuple
 
 import anyio
 import redis.asyncio
@@ -20,6 +21,22 @@ log = logging.getLogger(__name__)
 
 _LUA = files("gateway.store") / "lua"
 Arg = str | int
+
+
+class Attempt(NamedTuple):
+    """One authentication that reached the slow path, counted against its client's window."""
+
+    subject: str  # the client's bucket (`clientip.throttle_subject`)
+    member: str  # unique to this attempt
+    limit: int  # attempts allowed in the window
+    window_ms: int
+
+
+class KeyLookup(NamedTuple):
+    """The cached principal, or how long the client must wait (0: the attempt was counted)."""
+
+    blob: bytes | None
+    retry_after_ms: int
 
 
 @contextmanager
@@ -43,6 +60,7 @@ class Cache:
         self._admit = client.register_script((_LUA / "admit.lua").read_text())
         self._settle = client.register_script((_LUA / "settle.lua").read_text())
         self._renew = client.register_script((_LUA / "renew.lua").read_text())
+        self._auth_lookup = client.register_script((_LUA / "auth_lookup.lua").read_text())
 
     @classmethod
     @asynccontextmanager
@@ -71,6 +89,9 @@ class Cache:
     def _key_entry(self, key_id: str) -> str:
         return f"{self._prefix}:key:{key_id}"
 
+    def _attempts(self, subject: str) -> str:
+        return f"{self._prefix}:authfail:{subject}"
+
     async def ping(self) -> bool:
         try:
             with _mapped(), anyio.fail_after(self.timeout_s):
@@ -83,13 +104,35 @@ class Cache:
             value = await self._client.hget(self._key_entry(key_id), digest)
             return value if isinstance(value, bytes) else None
 
-    async def put_principal(self, key_id: str, digest: bytes, blob: bytes, ttl_s: int) -> None:
+    async def lookup_principal(self, key_id: str, digest: bytes, attempt: Attempt) -> KeyLookup:
+        """`get_principal` and the client's auth-failure window in one round trip: a miss is
+        counted as an attempt, unless the window is full (then `retry_after_ms` is set)."""
+        keys = [self._key_entry(key_id), self._attempts(attempt.subject)]
+        args: list[Arg | bytes] = [digest, attempt.limit, attempt.window_ms, attempt.member]
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            reply = await self._auth_lookup(keys=keys, args=args)
+        blob = reply[0]
+        if isinstance(blob, bytes):
+            return KeyLookup(blob, 0)
+        return KeyLookup(None, int(reply[1]))
+
+    async def put_principal(
+        self, key_id: str, digest: bytes, blob: bytes, ttl_s: int, *, proven: Attempt | None = None
+    ) -> None:
+        """Cache a resolved key; `proven` is its attempt, which no longer counts as a failure."""
         name = self._key_entry(key_id)
         with _mapped(), anyio.fail_after(self.timeout_s):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hset(name, digest, blob)
                 pipe.expire(name, ttl_s)
+                if proven is not None:
+                    pipe.zrem(self._attempts(proven.subject), proven.member)
                 await pipe.execute()
+
+    async def forget_attempt(self, attempt: Attempt) -> None:
+        """An attempt that neither failed nor succeeded (a store was down) counts for nothing."""
+        with _mapped(), anyio.fail_after(self.timeout_s):
+            await self._client.zrem(self._attempts(attempt.subject), attempt.member)
 
     async def evict_key(self, key_id: str) -> None:
         with _mapped(), anyio.fail_after(self.timeout_s):
