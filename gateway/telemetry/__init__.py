@@ -18,8 +18,9 @@ at shutdown. Per request::
         trace.end(status, error_code)
 
 Spans: a server span per request, a child per stage, a client span per backend attempt (GenAI
-attributes, the `first_token` event). Never recorded: keys, prompts, backend tokens, raw paths or
-query strings. Names are in `gateway.telemetry.names`.
+attributes, the `first_token` event); made as plain objects and handed to the SDK's batch
+processor when they end (`spans.py`), encoded to OTLP by `wire.py`. Never recorded: keys,
+prompts, backend tokens, raw paths or query strings. Names are in `gateway.telemetry.names`.
 """
 
 from gateway.telemetry.api import (

@@ -10,17 +10,17 @@ from types import TracebackType
 from typing import Self
 
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, set_span_in_context
+from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.errors import GatewayError
 from gateway.telemetry import names as n
 from gateway.telemetry.api import Headers
 from gateway.telemetry.instruments import Instruments
+from gateway.telemetry.spans import Attributes, LightSpan, Spans
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _NO_STAGE = nullcontext()
-Attributes = dict[str, str | int]
 
 
 def error_type(exc: BaseException) -> str:
@@ -48,17 +48,14 @@ class _Stage:
     def __enter__(self) -> None:
         trace = self._trace
         self._previous = trace.innermost
-        self._span = trace.tracer.start_span(
-            self._name, context=set_span_in_context(self._previous)
-        )
+        self._span = trace.spans.child(self._previous, self._name, SpanKind.INTERNAL, {})
         trace.innermost = self._span
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc is not None:
-            self._span.set_attribute(n.ERROR_TYPE, error_type(exc))
-            self._span.set_status(StatusCode.ERROR)
+            self._span.set_error(error_type(exc))
         self._span.end()
         self._trace.innermost = self._previous
 
@@ -68,6 +65,7 @@ class OtelUpstreamTrace:
         "_attributes",
         "_backend_name",
         "_first",
+        "_name",
         "_previous",
         "_span",
         "_system",
@@ -75,9 +73,10 @@ class OtelUpstreamTrace:
     )
 
     def __init__(
-        self, trace: OtelRequestTrace, attributes: Attributes, system: str, backend: str
+        self, trace: OtelRequestTrace, attributes: Attributes, system: str, name: str, backend: str
     ) -> None:
         self._trace = trace
+        self._name = name
         self._attributes = attributes  # the metrics' (the span adds the system and backend)
         self._system = system
         self._backend_name = backend
@@ -87,16 +86,11 @@ class OtelUpstreamTrace:
         trace = self._trace
         self._previous = trace.innermost
         if trace.recording:
-            attributes = self._attributes
-            self._span = trace.tracer.start_span(
-                f"{attributes[n.GEN_AI_OPERATION]} {attributes[n.GEN_AI_REQUEST_MODEL]}",
-                context=set_span_in_context(trace.innermost),
-                kind=SpanKind.CLIENT,
-                attributes={
-                    **attributes,
-                    n.GEN_AI_SYSTEM: self._system,
-                    n.BACKEND: self._backend_name,
-                },
+            self._span = trace.spans.child(
+                trace.innermost,
+                self._name,
+                SpanKind.CLIENT,
+                {**self._attributes, n.GEN_AI_SYSTEM: self._system, n.BACKEND: self._backend_name},
             )
         else:
             # Unsampled: the server span stands in; it records nothing and carries the trace id.
@@ -112,7 +106,8 @@ class OtelUpstreamTrace:
         if exc is not None:
             self.failed(error_type(exc))
         self._trace.instruments.in_flight[self._backend_name] -= 1
-        self._span.end()
+        if self._span is not self._previous:
+            self._span.end()
         self._trace.innermost = self._previous
 
     def first_token(self) -> None:
@@ -120,29 +115,32 @@ class OtelUpstreamTrace:
             return
         self._first = True
         ttft_s = time.perf_counter() - self._trace.started_s
-        self._span.add_event(n.FIRST_TOKEN_EVENT, {n.TIME_TO_FIRST_TOKEN.name: ttft_s})
+        if self._trace.recording:
+            self._span.add_event(n.FIRST_TOKEN_EVENT, {n.TIME_TO_FIRST_TOKEN.name: ttft_s})
         self._trace.instruments.ttft.record(ttft_s, self._attributes)
 
     def usage(
         self, input_tokens: int, output_tokens: int, finish_reasons: Sequence[str] | None = None
     ) -> None:
-        span = self._span
-        span.set_attribute(n.GEN_AI_INPUT_TOKENS, input_tokens)
-        span.set_attribute(n.GEN_AI_OUTPUT_TOKENS, output_tokens)
-        if finish_reasons:
-            span.set_attribute(n.GEN_AI_FINISH_REASONS, tuple(finish_reasons))
+        if self._trace.recording:
+            attributes = self._span.attributes
+            attributes[n.GEN_AI_INPUT_TOKENS] = input_tokens
+            attributes[n.GEN_AI_OUTPUT_TOKENS] = output_tokens
+            if finish_reasons:
+                attributes[n.GEN_AI_FINISH_REASONS] = tuple(finish_reasons)
         tokens = self._trace.instruments.tokens
         tokens.record(input_tokens, {**self._attributes, n.GEN_AI_TOKEN_TYPE: "input"})
         tokens.record(output_tokens, {**self._attributes, n.GEN_AI_TOKEN_TYPE: "output"})
 
     def responded(self, status: int) -> None:
-        self._span.set_attribute(n.HTTP_STATUS, status)
+        if self._trace.recording:
+            self._span.attributes[n.HTTP_STATUS] = status
         if status >= 400:
             self.failed(str(status))
 
     def failed(self, error_type: str) -> None:
-        self._span.set_attribute(n.ERROR_TYPE, error_type)
-        self._span.set_status(StatusCode.ERROR)
+        if self._trace.recording:
+            self._span.set_error(error_type)
 
 
 class OtelRequestTrace:
@@ -153,20 +151,20 @@ class OtelRequestTrace:
         "innermost",
         "instruments",
         "recording",
+        "spans",
         "started_s",
-        "tracer",
     )
 
     def __init__(
-        self, tracer: Tracer, instruments: Instruments, span: Span, metric: Attributes
+        self, spans: Spans, instruments: Instruments, span: LightSpan, metric: Attributes
     ) -> None:
-        self.tracer = tracer
+        self.spans = spans
         self.instruments = instruments
         self.started_s = time.perf_counter()
         self._span = span
         self.innermost = span
         # Unsampled: no stage or client spans at all; the metrics are recorded all the same.
-        self.recording = span.is_recording()
+        self.recording = span.recording
         self._metric = metric
         self._ended = False
 
@@ -195,12 +193,10 @@ class OtelRequestTrace:
         tenant = self._metric.get(n.TENANT_ID)
         if tenant is not None:
             attributes[n.TENANT_ID] = tenant
-        return OtelUpstreamTrace(self, attributes, system, backend)
+        return OtelUpstreamTrace(self, attributes, system, f"{operation} {model}", backend)
 
     def traceparent(self) -> tuple[tuple[bytes, bytes], ...]:
-        context = self.innermost.get_span_context()
-        if not context.is_valid:
-            return ()
+        context = self.innermost.context
         parent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
         state = context.trace_state.to_header()
         if not state:
@@ -209,16 +205,17 @@ class OtelRequestTrace:
 
     def set_tenant(self, tenant_id: str, tenant_name: str | None = None) -> None:
         self._metric[n.TENANT_ID] = tenant_id
-        self._span.set_attribute(n.TENANT_ID, tenant_id)
+        attributes = self._span.attributes
+        attributes[n.TENANT_ID] = tenant_id
         if tenant_name is not None:
-            self._span.set_attribute(n.TENANT_NAME, tenant_name)
+            attributes[n.TENANT_NAME] = tenant_name
 
     def set_model(self, model: str) -> None:
         self._metric[n.GEN_AI_REQUEST_MODEL] = model
-        self._span.set_attribute(n.GEN_AI_REQUEST_MODEL, model)
+        self._span.attributes[n.GEN_AI_REQUEST_MODEL] = model
 
     def deny(self, reason: str) -> None:
-        self._span.set_attribute(n.DENIAL_REASON, reason)
+        self._span.attributes[n.DENIAL_REASON] = reason
         denial: Attributes = {n.DENIAL_REASON: reason}
         tenant = self._metric.get(n.TENANT_ID)
         if tenant is not None:
@@ -232,18 +229,18 @@ class OtelRequestTrace:
         span, metric = self._span, self._metric
         if status:
             metric[n.HTTP_STATUS] = status
-            span.set_attribute(n.HTTP_STATUS, status)
+            span.attributes[n.HTTP_STATUS] = status
         if error_code is not None:
             metric[n.ERROR_TYPE] = error_code
-            span.set_attribute(n.ERROR_TYPE, error_code)
-        if status >= 500 or (not status and error_code is not None):
-            span.set_status(StatusCode.ERROR)
+            span.attributes[n.ERROR_TYPE] = error_code
+        # A 4xx is the client's doing: not an error of the server span (HTTP conventions).
+        span.error = status >= 500 or (not status and error_code is not None)
         self.instruments.duration.record(time.perf_counter() - self.started_s, metric)
         span.end()
 
 
 def start_request(
-    tracer: Tracer,
+    spans: Spans,
     instruments: Instruments,
     method: str,
     route: str | None,
@@ -259,10 +256,6 @@ def start_request(
     attributes: Attributes = {**metric, n.REQUEST_ID: request_id}
     if client_ip is not None:
         attributes[n.CLIENT_ADDRESS] = client_ip
-    span = tracer.start_span(
-        f"{method} {route}" if route is not None else method,
-        context=client_context(headers),
-        kind=SpanKind.SERVER,
-        attributes=attributes,
-    )
-    return OtelRequestTrace(tracer, instruments, span, metric)
+    name = f"{method} {route}" if route is not None else method
+    span = spans.server(name, client_context(headers), attributes)
+    return OtelRequestTrace(spans, instruments, span, metric)

@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 
 import anyio.to_thread
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.metrics import NoOpMeter
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
@@ -19,11 +18,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from gateway import __version__
 from gateway.telemetry.api import Headers, NoTelemetry, Telemetry
 from gateway.telemetry.instruments import Instruments
 from gateway.telemetry.otel import OtelRequestTrace, start_request
+from gateway.telemetry.spans import Spans
+from gateway.telemetry.wire import FastSpanExporter
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,12 @@ def gateway_resource() -> Resource:
 
 
 class OtelTelemetry:
-    """Telemetry on: a tracer provider with a batch processor, a meter provider with `reader`.
+    """Telemetry on: a batch span processor, a meter provider with `reader`.
 
+    The tracer provider holds the sampler (from the OTEL_* variables unless given), the resource
+    and the processor (flush, shutdown); the spans themselves are made by `Spans`, not its
+    tracer (see `gateway.telemetry.spans`). `telemetry_from_env` exports with
+    `FastSpanExporter`, the SDK's OTLP/HTTP exporter with a cheaper encoder.
     No span exporter: spans are not recorded, but trace context still flows to the backends.
     No metric reader: no meter provider at all.
     """
@@ -69,9 +75,17 @@ class OtelTelemetry:
             resource=resource,
             shutdown_on_exit=False,
         )
+        processor = None
         if span_exporter is not None:
-            self._tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
-        self._tracer = self._tracer_provider.get_tracer(SCOPE, __version__)
+            processor = BatchSpanProcessor(span_exporter)
+            # The provider flushes and shuts it down; spans reach it from `Spans` directly.
+            self._tracer_provider.add_span_processor(processor)
+        self._spans = Spans(
+            processor,
+            self._tracer_provider.sampler,
+            self._tracer_provider.resource,
+            InstrumentationScope(SCOPE, __version__),
+        )
         self._meter_provider: MeterProvider | None = None
         if metric_reader is not None:
             self._meter_provider = MeterProvider(
@@ -98,7 +112,7 @@ class OtelTelemetry:
         request_id: str,
     ) -> OtelRequestTrace:
         return start_request(
-            self._tracer, self._instruments, method, route, headers, client_ip, request_id
+            self._spans, self._instruments, method, route, headers, client_ip, request_id
         )
 
     def observe_audit_depth(self, fn: Callable[[], int]) -> None:
@@ -167,7 +181,7 @@ def telemetry_from_env() -> Telemetry:
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     if protocol != "http/protobuf":
         log.warning("telemetry: OTEL_EXPORTER_OTLP_PROTOCOL=%s ignored: http/protobuf", protocol)
-    span_exporter = OTLPSpanExporter(timeout=_exporter_timeout("TRACES")) if traces else None
+    span_exporter = FastSpanExporter(timeout=_exporter_timeout("TRACES")) if traces else None
     reader = (
         PeriodicExportingMetricReader(OTLPMetricExporter(timeout=_exporter_timeout("METRICS")))
         if metrics
