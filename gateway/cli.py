@@ -9,12 +9,21 @@ from collections.abc import Sequence
 from typing import Annotated, Any, NoReturn
 
 import msgspec
-from cyclopts import App, Parameter, validators
+from cyclopts import App, Group, Parameter, validators
 
 from gateway import __version__
 from gateway.cli_audit import audit
 from gateway.cli_backends import backends
-from gateway.cli_common import CliError, Json, cli_settings, print_json, print_table, with_database
+from gateway.cli_common import (
+    NAME_RULE,
+    CliError,
+    Json,
+    cli_settings,
+    no_tenant,
+    print_json,
+    print_table,
+    with_database,
+)
 from gateway.cli_keys import keys
 from gateway.cli_models import models
 from gateway.cli_quota import budgets, limits
@@ -23,22 +32,59 @@ from gateway.cli_usage import usage
 from gateway.config import ConfigError, load_settings
 from gateway.store.pg import Conflict, Database, Rejected
 
-app = App(name="gateway", version=__version__, help="A secure gateway for self-hosted LLMs.")
-tenants = App(name="tenants", help="Create and list tenants.")
-app.command(tenants)
-app.command(keys)
-app.command(limits)
-app.command(budgets)
-app.command(usage)
-app.command(audit)
-app.command(models)
-app.command(backends)
-app.command(retention)
+app = App(
+    name="gateway",
+    version=__version__,
+    help="""A secure gateway for self-hosted LLMs: serve it, and manage who may use it.
+
+    Settings come from the environment: the admin commands need DATABASE_URL and use REDIS_URL
+    when it is set; `gateway serve` needs both. `gateway COMMAND --help` shows examples.
+
+    Examples
+    - `gateway migrate`
+    - `gateway tenants create acme --allow-all-models`
+    - `gateway keys create --tenant acme --name ci`
+    """,
+)
+tenants = App(
+    name="tenants",
+    help="""Create, list and update tenants.
+
+    Examples
+    - `gateway tenants create acme`
+    - `gateway tenants list`
+    """,
+)
+# Panels in `gateway --help`, in this order.
+ACCESS = Group("Tenants, keys and what they may use", sort_key=1)
+OBSERVE = Group("Usage and audit", sort_key=2)
+OPERATE = Group("Running the gateway", sort_key=3)
+for group, commands in (
+    (ACCESS, (tenants, keys, models, limits, budgets)),
+    (OBSERVE, (audit,)),
+    (OPERATE, (backends, retention)),
+):
+    for command in commands:
+        command.group = group  # a sub-App takes its panel from itself, not from `app.command`
+        app.command(command)
+app.command(usage, group=OBSERVE)
 
 
-@app.command
-def serve(*, host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
-    """Run the gateway with hypercorn (settings from the environment)."""
+@app.command(group=OPERATE)
+def serve(
+    *,
+    host: Annotated[str | None, Parameter(help="Address to listen on (GATEWAY_BIND_HOST).")] = None,
+    port: Annotated[int | None, Parameter(help="Port to listen on (GATEWAY_BIND_PORT).")] = None,
+    workers: Annotated[int | None, Parameter(help="Worker processes (GATEWAY_WORKERS).")] = None,
+) -> None:
+    """Run the gateway with hypercorn, configured by the environment.
+
+    The options here override the environment's settings.
+
+    Examples
+    - `gateway serve`
+    - `gateway serve --host 127.0.0.1 --port 8080 --workers 4`
+    """
     from gateway.server import run_gateway
 
     try:
@@ -48,7 +94,7 @@ def serve(*, host: str | None = None, port: int | None = None, workers: int | No
     run_gateway(settings, host=host, port=port, workers=workers)
 
 
-@app.command
+@app.command(group=OPERATE)
 def sim(
     *,
     host: str = "127.0.0.1",
@@ -58,7 +104,27 @@ def sim(
     token_delay_ms: float = 0.0,
     ttft_ms: float = 0.0,
 ) -> None:
-    """Serve the Ollama-compatible simulator (for tests, demos and load tests without a GPU)."""
+    """Serve a simulated Ollama: for tests, demos and load tests without a GPU.
+
+    Examples
+    - `gateway sim --port 11434`
+    - `gateway sim --models llama3.2:1b,mistral --token-delay-ms 20`
+
+    Parameters
+    ----------
+    host
+        Address to listen on.
+    port
+        Port to listen on.
+    models
+        Comma-separated model names it serves (default: llama3.2:1b,qwen2.5:0.5b).
+    chunks
+        Completion tokens in each answer.
+    token_delay_ms
+        Pause between streamed tokens.
+    ttft_ms
+        Pause before the first token.
+    """
     from gateway.server import run_simulator
     from gateway.upstream.sim import SimConfig
 
@@ -72,9 +138,21 @@ def sim(
     run_simulator(config, host=host, port=port)
 
 
-@app.command
+@app.command(group=OPERATE)
 def migrate(*, status: bool = False) -> None:
-    """Apply the SQL migrations in order (each once, under an advisory lock)."""
+    """Apply the SQL migrations that are not applied yet, in order.
+
+    Each runs once, under an advisory lock: a second `gateway migrate` waits its turn.
+
+    Examples
+    - `gateway migrate`
+    - `gateway migrate --status`
+
+    Parameters
+    ----------
+    status
+        Apply nothing: list each migration, when it was applied, and whether its file changed.
+    """
     from gateway.migrate import MigrationError, apply_migrations, migration_status
 
     url = cli_settings().database_url.reveal()
@@ -101,8 +179,14 @@ def tenants_create(
 ) -> None:
     """Create a tenant. It may use no model until `gateway models allow` says which.
 
+    Examples
+    - `gateway tenants create acme`
+    - `gateway tenants create lab --allow-all-models`
+
     Parameters
     ----------
+    name
+        1-63 of a-z 0-9 . _ -, starting with a letter or digit.
     allow_all_models
         Let it use every model the backends serve, from the start.
     """
@@ -113,11 +197,7 @@ def tenants_create(
         except Conflict:
             raise CliError(f"tenant '{name}' already exists") from None
         except Rejected:
-            raise CliError(
-                f"invalid tenant name '{name}': use 1-63 of a-z 0-9 . _ -, starting with a "
-                "letter or digit",
-                2,
-            ) from None
+            raise CliError(f"invalid tenant name '{name}': use {NAME_RULE}", 2) from None
 
     tenant = with_database(cli_settings(), work)
     if json:
@@ -132,7 +212,11 @@ def tenants_create(
 
 @tenants.command(name="list")
 def tenants_list(*, json: Json = False) -> None:
-    """List tenants with their number of active keys."""
+    """List tenants with their number of active keys.
+
+    Examples
+    - `gateway tenants list --json`
+    """
     rows = with_database(cli_settings(), lambda database: database.list_tenants())
     if json:
         print_json(rows)
@@ -151,8 +235,13 @@ def tenants_update(
 ) -> None:
     """Change a tenant's settings.
 
+    Examples
+    - `gateway tenants update acme --queue-weight 3`
+
     Parameters
     ----------
+    name
+        The tenant to change.
     queue_weight
         Its share of a busy backend: when requests wait, tenants are served in turn, each taking
         up to this many requests per turn (1-1000; every tenant starts at 1).
@@ -160,7 +249,7 @@ def tenants_update(
     settings = cli_settings()
     found = with_database(settings, lambda database: database.set_queue_weight(name, queue_weight))
     if found is None:
-        raise CliError(f"no tenant named '{name}'")
+        raise no_tenant(name)
     print(f"tenant '{name}' now has queue weight {queue_weight}")
 
 

@@ -27,7 +27,15 @@ from gateway.config import Settings
 from gateway.errors import ServiceUnavailable
 from gateway.store.pg import AuditFilter, AuditRow, AuditTail, Database
 
-audit = App(name="audit", help="Read the audit log: the last requests, as they come, or exported.")
+audit = App(
+    name="audit",
+    help="""Read the audit log: the last requests, as they come, or exported.
+
+    Examples
+    - `gateway audit tail --follow`
+    - `gateway audit export --since 24h --format csv --output audit.csv`
+    """,
+)
 
 # Rows reach the log in batches after their requests end, so not quite in ts order: a follower
 # reads again this far back from the newest row it has seen and skips the ones it printed.
@@ -104,7 +112,8 @@ async def _filter(
                 tenant_id = str(uuid.UUID(tenant))
             except ValueError:
                 raise CliError(
-                    f"no tenant named '{tenant}' (a deleted tenant's rows go by its id)"
+                    f"no tenant named '{tenant}' (a deleted tenant's rows go by its id); list "
+                    "them with `gateway tenants list`"
                 ) from None
     return AuditFilter(
         key_prefix=settings.key_prefix,
@@ -201,6 +210,10 @@ def tail(
 ) -> None:
     """Print the last audited requests, oldest first; with --follow, go on printing new ones.
 
+    Examples
+    - `gateway audit tail --tenant acme --status 5xx -n 50`
+    - `gateway audit tail --follow --json`
+
     Parameters
     ----------
     lines
@@ -289,6 +302,10 @@ def export(
 ) -> None:
     """Write audited requests from --since (up to --until) in time order, as JSON lines or CSV,
     to stdout or --output. The row count goes to stderr.
+
+    Examples
+    - `gateway audit export --since 7d --format jsonl > audit.jsonl`
+    - `gateway audit export --since 2025-01-01 --until 2025-02-01 --format csv`
 
     Parameters
     ----------

@@ -30,7 +30,15 @@ from gateway.upstream.spec import (
     default_spec,
 )
 
-backends = App(name="backends", help="Add, remove, list and probe the model backends.")
+backends = App(
+    name="backends",
+    help="""Add, remove, list and probe the model backends.
+
+    Examples
+    - `gateway backends add gpu1 http://10.0.0.5:11434`
+    - `gateway backends probe`
+    """,
+)
 
 DryRun = Annotated[
     bool, Parameter(name="--dry-run", negative=(), help="Check everything, change nothing.")
@@ -124,6 +132,10 @@ def backends_add(
 ) -> None:
     """Add a backend. Running gateways hear of it through Postgres (NOTIFY gateway_backends).
 
+    Examples
+    - `gateway backends add gpu1 http://10.0.0.5:11434 --priority 10`
+    - `gateway backends add vllm1 https://vllm.lan --kind openai --token-env VLLM_KEY`
+
     Parameters
     ----------
     name
@@ -197,7 +209,16 @@ def backends_add(
 
 @backends.command(name="remove")
 def backends_remove(name: str, *, dry_run: DryRun = False, json: Json = False) -> None:
-    """Remove a backend (running gateways hear of it as of `add`)."""
+    """Remove a backend (running gateways hear of it as of `add`).
+
+    Examples
+    - `gateway backends remove gpu1 --dry-run`
+
+    Parameters
+    ----------
+    name
+        The backend (`gateway backends list` shows them).
+    """
     settings = cli_settings()
 
     async def work(database: Database) -> tuple[BackendRow | None, bool]:
@@ -228,7 +249,11 @@ def _current(settings: Settings) -> list[tuple[BackendRow | BackendSpec, Source]
 
 @backends.command(name="list")
 def backends_list(*, json: Json = False) -> None:
-    """List the backends, highest priority first; tokens only as `stored`, `env:VAR` or `none`."""
+    """List the backends, highest priority first; tokens only as `stored`, `env:VAR` or `none`.
+
+    Examples
+    - `gateway backends list --json`
+    """
     shown = [listed(backend, source) for backend, source in _current(cli_settings())]
     if json:
         print_json(shown)
@@ -286,6 +311,10 @@ def _detail(result: ProbeResult) -> str:
 def backends_probe(name: str | None = None, *, json: Json = False, timeout_s: float = 5.0) -> None:
     """Ask each enabled backend (or the one named) for its models, with the headers the proxy
     sends; exit 1 if any fails. Tokens from `--token-env` are read from this environment.
+
+    Examples
+    - `gateway backends probe`
+    - `gateway backends probe gpu1 --timeout-s 2`
 
     Parameters
     ----------

@@ -18,6 +18,8 @@ from gateway.store.pg import Database
 from gateway.store.redis import Cache
 
 T = TypeVar("T")
+# What the database's name checks accept, for tenants, keys and backends alike.
+NAME_RULE = "1-63 of a-z 0-9 . _ -, starting with a letter or digit"
 Json = Annotated[bool, Parameter(name="--json", negative=(), help="Machine-readable output.")]
 
 
@@ -38,6 +40,14 @@ def cli_settings() -> Settings:
     if not settings.database_url.reveal():
         raise CliError("DATABASE_URL: required but not set", 2)
     return settings
+
+
+def no_tenant(name: str | None) -> CliError:
+    return CliError(f"no tenant named '{name}'; list them with `gateway tenants list`")
+
+
+def no_key(prefix: str | None) -> CliError:
+    return CliError(f"no key with prefix '{prefix}'; list them with `gateway keys list`")
 
 
 def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
@@ -90,7 +100,12 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> timedelta:
             return timedelta(**{_UNITS[unit]: int(number)})
         except OverflowError:
             pass
-    raise CliError(f"invalid duration '{text}': use a whole number with s, m, h, d or w", 2)
+    zero = ", or 0" if allow_zero else ""
+    raise CliError(
+        f"invalid duration '{text}': use a whole number with s, m, h, d or w, such as 15m, 24h "
+        f"or 30d{zero}",
+        2,
+    )
 
 
 def key_id_of(prefix: str, settings: Settings) -> str:

@@ -14,6 +14,7 @@ import msgspec
 from cyclopts import App, Parameter
 
 from gateway.cli_common import (
+    NAME_RULE,
     CliError,
     Json,
     cli_settings,
@@ -29,9 +30,18 @@ from gateway.keys import SECRET_LENGTH, generate_key
 from gateway.services import hasher_for
 from gateway.store.pg import Conflict, Database, KeySettings, Rejected
 
-keys = App(name="keys", help="Create, list, revoke, rotate and update API keys.")
+keys = App(
+    name="keys",
+    help="""Create, list, revoke, rotate and update API keys.
+
+    Examples
+    - `gateway keys create --tenant acme --name ci`
+    - `gateway keys list --tenant acme`
+    """,
+)
 
 MAX_RETENTION_DAYS = 2**31 - 1  # the column is an integer
+KeyPrefix = Annotated[str, Parameter(help="The key: `gw_<id>`, the bare id, or the whole key.")]
 
 
 class PromptLogSetting(msgspec.Struct, frozen=True):
@@ -49,7 +59,21 @@ class PromptLogSetting(msgspec.Struct, frozen=True):
 def keys_create(
     *, tenant: str, name: str, expires_in: str | None = None, json: Json = False
 ) -> None:
-    """Create a key; the full key is printed this once and never again."""
+    """Create a key; the full key is printed this once and never again.
+
+    Examples
+    - `gateway keys create --tenant acme --name ci`
+    - `gateway keys create --tenant acme --name bot --expires-in 30d --json`
+
+    Parameters
+    ----------
+    tenant
+        The tenant the key belongs to (`gateway tenants list`).
+    name
+        Unique within its tenant: 1-63 of a-z 0-9 . _ -, starting with a letter or digit.
+    expires_in
+        Stop accepting it after this long: e.g. 90m, 24h, 30d, 2w. Default: never.
+    """
     settings = cli_settings()
     expires_at = datetime.now(UTC) + parse_duration(expires_in) if expires_in else None
     issued = generate_key(settings.key_prefix)
@@ -70,7 +94,7 @@ def keys_create(
         except Conflict:
             raise CliError(f"tenant '{tenant}' already has a key named '{name}'") from None
         except Rejected:
-            raise CliError(f"invalid key name '{name}'", 2) from None
+            raise CliError(f"invalid key name '{name}': use {NAME_RULE}", 2) from None
 
     created_at = with_database(settings, work)
     prefix = f"{settings.key_prefix}_{issued.key_id}"
@@ -94,7 +118,16 @@ def keys_create(
 
 @keys.command(name="list")
 def keys_list(*, tenant: str | None = None, json: Json = False) -> None:
-    """List keys (never their secrets)."""
+    """List keys (never their secrets).
+
+    Examples
+    - `gateway keys list --tenant acme`
+
+    Parameters
+    ----------
+    tenant
+        Only this tenant's keys.
+    """
     settings = cli_settings()
     rows = with_database(settings, lambda database: database.list_keys(tenant))
     if json:
@@ -122,8 +155,17 @@ def keys_list(*, tenant: str | None = None, json: Json = False) -> None:
 
 
 @keys.command(name="revoke")
-def keys_revoke(prefix: str, *, reason: str | None = None) -> None:
-    """Revoke a key by its prefix (`gw_` + 12-character id); every replica drops it within 1 s."""
+def keys_revoke(prefix: KeyPrefix, *, reason: str | None = None) -> None:
+    """Revoke a key by its prefix (`gw_` + 12-character id); every replica drops it within 1 s.
+
+    Examples
+    - `gateway keys revoke gw_0123456789ab --reason leaked`
+
+    Parameters
+    ----------
+    reason
+        Why, kept in the record of revocations.
+    """
     settings = cli_settings()
     key_id = key_id_of(prefix, settings)
     revoked = with_database(settings, lambda database: database.revoke_key(key_id, reason))
@@ -162,8 +204,11 @@ def _forget_cached(settings: Settings, key_id: str) -> None:
 
 
 @keys.command(name="rotate")
-def keys_rotate(prefix: str, *, grace: str = "24h", json: Json = False) -> None:
+def keys_rotate(prefix: KeyPrefix, *, grace: str = "24h", json: Json = False) -> None:
     """Give a key a new secret, printed this once; the old secret works for the grace period.
+
+    Examples
+    - `gateway keys rotate gw_0123456789ab --grace 7d`
 
     Parameters
     ----------
@@ -183,7 +228,7 @@ def keys_rotate(prefix: str, *, grace: str = "24h", json: Json = False) -> None:
         try:
             return await database.rotate_key(key_id, secret_hash, grace_s)
         except Rejected:
-            raise CliError(f"invalid grace '{grace}': too long", 2) from None
+            raise CliError(f"invalid grace '{grace}': too long; use a shorter one", 2) from None
 
     changed = with_database(settings, work)
     if changed is None:
@@ -249,7 +294,7 @@ def _days(text: str) -> int:
 
 @keys.command(name="update")
 def keys_update(
-    prefix: str,
+    prefix: KeyPrefix,
     *,
     prompt_log: str | None = None,
     retention_days: str | None = None,
@@ -257,6 +302,9 @@ def keys_update(
     json: Json = False,
 ) -> None:
     """Change a key's prompt log (off by default). Gateways apply it at once.
+
+    Examples
+    - `gateway keys update gw_0123456789ab --prompt-log on --retention-days 7`
 
     Parameters
     ----------

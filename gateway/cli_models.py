@@ -20,6 +20,8 @@ from gateway.cli_common import (
     Json,
     cli_settings,
     key_id_of,
+    no_key,
+    no_tenant,
     print_json,
     print_table,
     with_cache,
@@ -37,7 +39,15 @@ from gateway.models import (
 from gateway.store.pg import Database, ModelsRow, ModelsUpdate
 from gateway.store.redis import Cache
 
-models = App(name="models", help="Choose the models a tenant or a key may use.")
+models = App(
+    name="models",
+    help="""Choose the models a tenant or a key may use.
+
+    Examples
+    - `gateway models allow --tenant acme llama3.2:1b mistral`
+    - `gateway models list --tenant acme`
+    """,
+)
 
 Source = Literal["own", "tenant"]
 MAX_MODEL_NAME_CHARS = 256
@@ -199,7 +209,7 @@ def _change(
 
     rows, key_ids = with_database(settings, work)
     if rows is None:
-        raise CliError(f"no key with prefix '{key}'" if key else f"no tenant named '{tenant}'")
+        raise no_key(key) if key else no_tenant(tenant)
     before, after = rows
     if before == after:
         return rows
@@ -253,6 +263,10 @@ def models_allow(
 ) -> None:
     """Let a tenant or a key use these models (`name` means `name:latest`), or every model.
 
+    Examples
+    - `gateway models allow --tenant acme llama3.2:1b mistral`
+    - `gateway models allow --key gw_0123456789ab --all`
+
     Parameters
     ----------
     names
@@ -283,6 +297,9 @@ def models_deny(
 ) -> None:
     """Stop a tenant or a key using these models, or any model (`--all` also empties its list).
 
+    Examples
+    - `gateway models deny --tenant acme mistral`
+
     Parameters
     ----------
     names
@@ -306,6 +323,9 @@ def models_deny(
 @models.command(name="inherit")
 def models_inherit(*, key: str, json: Json = False) -> None:
     """Make a key follow its tenant's models again (drop the key's own setting).
+
+    Examples
+    - `gateway models inherit --key gw_0123456789ab`
 
     Parameters
     ----------
@@ -366,6 +386,9 @@ def models_in_force(
 def models_list(*, tenant: str | None = None, key: str | None = None, json: Json = False) -> None:
     """Show the models a tenant or a key may use, and whether a backend serves each right now.
 
+    Examples
+    - `gateway models list --key gw_0123456789ab --json`
+
     Parameters
     ----------
     tenant
@@ -378,7 +401,7 @@ def models_list(*, tenant: str | None = None, key: str | None = None, json: Json
     key_id = key_id_of(key, settings) if key is not None else None
     row = with_database(settings, lambda database: database.models_of(tenant=tenant, key_id=key_id))
     if row is None:
-        raise CliError(f"no key with prefix '{key}'" if key else f"no tenant named '{tenant}'")
+        raise no_key(key) if key else no_tenant(tenant)
     discovered = discovered_models(settings)
     shown = models_in_force(settings, row, discovered)
     if json:

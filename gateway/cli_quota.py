@@ -21,6 +21,8 @@ from gateway.cli_common import (
     Json,
     cli_settings,
     key_id_of,
+    no_key,
+    no_tenant,
     print_json,
     with_cache,
     with_database,
@@ -29,8 +31,22 @@ from gateway.config import Settings
 from gateway.store.pg import Database, QuotaRow, Rejected
 from gateway.store.redis import Cache
 
-limits = App(name="limits", help="Set the rate limits of a key or a tenant.")
-budgets = App(name="budgets", help="Set the token budgets of a key or a tenant.")
+limits = App(
+    name="limits",
+    help="""Set the rate limits of a key or a tenant.
+
+    Examples
+    - `gateway limits set --tenant acme --rpm 600 --tpm 100000`
+    """,
+)
+budgets = App(
+    name="budgets",
+    help="""Set the token budgets of a key or a tenant.
+
+    Examples
+    - `gateway budgets set --tenant acme --monthly 5000000`
+    """,
+)
 
 Scope = Literal["key", "tenant"]
 Source = Literal["own", "tenant", "default"]
@@ -111,12 +127,12 @@ def _apply(
             assert tenant is not None  # _one_scope saw to it
             row = await database.set_tenant_quotas(tenant, changes)
             return row, [k.key_id for k in await database.list_keys(tenant)] if row else []
-        except Rejected:
-            raise CliError("Postgres rejected the value", 2) from None
+        except Rejected as exc:
+            raise CliError(f"Postgres rejected the value ({exc})", 2) from None
 
     row, key_ids = with_database(settings, work)
     if row is None:
-        raise CliError(f"no key with prefix '{key}'" if key else f"no tenant named '{tenant}'")
+        raise no_key(key) if key else no_tenant(tenant)
     if not settings.redis_url.reveal():
         if reset_budget_counters:
             print(
@@ -213,6 +229,10 @@ def limits_set(
     """Set requests/min, tokens/min, in-flight requests: a number, or `inherit` (key: the
     tenant's; tenant: DEFAULT_*). Gateways apply it at once.
 
+    Examples
+    - `gateway limits set --tenant acme --rpm 600 --concurrent 8`
+    - `gateway limits set --key gw_0123456789ab --tpm inherit`
+
     Parameters
     ----------
     tenant
@@ -257,6 +277,10 @@ def budgets_set(
     json: Json = False,
 ) -> None:
     """Set token budgets per UTC day, UTC month and in total: a number, or `none` (unlimited).
+
+    Examples
+    - `gateway budgets set --tenant acme --daily 200000 --monthly 5000000`
+    - `gateway budgets set --key gw_0123456789ab --total none`
 
     Parameters
     ----------

@@ -11,7 +11,14 @@ from gateway.cli_common import CliError, Json, cli_settings, print_json, with_da
 from gateway.retention import Sweeper, SweepReport
 from gateway.store.pg import Database
 
-retention = App(name="retention", help="Retention of the audit log and the prompt log.")
+retention = App(
+    name="retention",
+    help="""Retention of the audit log and the prompt log.
+
+    Examples
+    - `gateway retention sweep --dry-run`
+    """,
+)
 
 
 @retention.command(name="sweep")
@@ -19,6 +26,9 @@ def retention_sweep(
     *, dry_run: Annotated[bool, Parameter(negative=())] = False, json: Json = False
 ) -> None:
     """Drop expired audit partitions and delete expired audit and prompt-log rows, now.
+
+    Examples
+    - `gateway retention sweep --dry-run --json`
 
     Parameters
     ----------

@@ -18,6 +18,8 @@ from gateway.cli_common import (
     Json,
     cli_settings,
     key_id_of,
+    no_key,
+    no_tenant,
     print_json,
     print_table,
     with_cache,
@@ -100,8 +102,14 @@ def usage_lines(
 
 
 def usage(*, tenant: str | None = None, key: str | None = None, json: Json = False) -> None:
-    """Tokens used (ledger), reserved in flight (Redis) and left, per key and tenant, for the
-    current UTC day and month and in total.
+    """Tokens used, reserved in flight and left, per key and tenant.
+
+    For the current UTC day and month and in total: used from the ledger in Postgres, reserved
+    by requests still running from Redis.
+
+    Examples
+    - `gateway usage --tenant acme`
+    - `gateway usage --key gw_0123456789ab --json`
 
     Parameters
     ----------
@@ -116,13 +124,14 @@ def usage(*, tenant: str | None = None, key: str | None = None, json: Json = Fal
     async def work(database: Database) -> tuple[list[QuotaRow], list[QuotaRow], list[LedgerNow]]:
         tenants = await database.tenant_quotas(tenant)
         if tenant is not None and not tenants:
-            raise CliError(f"no tenant named '{tenant}'")
+            raise no_tenant(tenant)
         key_id = key_id_of(key, settings) if key is not None else None
         keys = await database.key_quotas(tenant=tenant, key_id=key_id)
         if key is not None:
+            if not keys and tenant is None:
+                raise no_key(key)
             if not keys:
-                where = f" in tenant '{tenant}'" if tenant else ""
-                raise CliError(f"no key with prefix '{key}'{where}")
+                raise CliError(f"no key with prefix '{key}' in tenant '{tenant}'")
             tenants = [t for t in tenants if t.tenant_id == keys[0].tenant_id]
         tenant_ids = [t.tenant_id for t in tenants]
         return tenants, keys, await database.ledger_now(tenant_ids, periods.day, periods.month)
