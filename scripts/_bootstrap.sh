@@ -1,18 +1,20 @@
 # shellcheck shell=bash
 # Sourced by scripts/test, scripts/demo and scripts/bench: the project's own .venv, created and
-# kept in sync. Creates .venv (Python >= 3.11, from $PYTHON or python3) and reinstalls when
-# pyproject.toml changes. Sets `repo` and `venv`; `bootstrap_venv <script name> [extra]` does the
-# work, installing the project with that optional extra (default `dev`).
+# kept in sync with requirements/dev.lock (pinned, hashed; scripts/lock makes it from
+# pyproject.toml). Sets `repo` and `venv` ($GATEWAY_VENV, else .venv);
+# `bootstrap_venv <script name> [extra]` does the work. Every extra a script may ask for (test,
+# bench, docs, dev) is in the dev lock, so they all share one install.
+# Needs Python >= 3.11 (from $PYTHON or python3) and pip: no locking tool.
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="$repo/.venv"
+venv="${GATEWAY_VENV:-$repo/.venv}"
 
 python_ok() {
   "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 }
 
 bootstrap_venv() {
-  local who="$1" extra="${2:-dev}"
+  local who="$1" extra="${2:-dev}" lock="$repo/requirements/dev.lock"
   if [[ ! -x "$venv/bin/python" ]]; then
     local python="${PYTHON:-python3}"
     if ! command -v "$python" >/dev/null 2>&1; then
@@ -31,18 +33,27 @@ bootstrap_venv() {
     exit 1
   fi
 
-  # One stamp per extra, so test and demo never reinstall after each other.
-  local stamp="$venv/.pyproject-installed"
-  if [[ "$extra" != dev ]]; then
-    stamp+="-$extra"
+  # Cheap, every run: a lock that no longer serves pyproject.toml stops us with what to do.
+  if ! "$venv/bin/python" "$repo/scripts/lockfile.py" check "$lock" "$extra" >&2; then
+    echo "$who: the lock is out of date" >&2
+    exit 1
   fi
-  local pyproject_hash
-  pyproject_hash="$("$venv/bin/python" -c \
-    'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' \
-    "$repo/pyproject.toml")"
-  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$pyproject_hash" ]]; then
-    echo "$who: installing the project and its $extra dependencies into .venv" >&2
-    (cd "$repo" && "$venv/bin/python" -m pip install --quiet -e ".[$extra]")
-    echo "$pyproject_hash" >"$stamp"
+
+  # Reinstall when the lock or the project's own metadata (entry points, version) changes.
+  local stamp="$venv/.lock-installed" digest
+  digest="$("$venv/bin/python" -c \
+    'import hashlib, sys; print(hashlib.sha256(b"".join(open(p, "rb").read() for p in sys.argv[1:])).hexdigest())' \
+    "$repo/pyproject.toml" "$lock")"
+  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$digest" ]]; then
+    echo "$who: installing requirements/dev.lock and the project into $(basename "$venv")" >&2
+    local pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+    # --no-deps: the lock is the whole set; `pip check` below proves it is complete.
+    "${pip[@]}" install --quiet --require-hashes --no-deps -r "$lock"
+    (cd "$repo" && "${pip[@]}" install --quiet --no-deps -e .)
+    if ! "${pip[@]}" check >&2; then
+      echo "$who: the installed set is inconsistent; run scripts/lock" >&2
+      exit 1
+    fi
+    echo "$digest" >"$stamp"
   fi
 }

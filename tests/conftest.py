@@ -35,6 +35,9 @@ from gateway.devservices import (
 )
 from tests.servers import serve_in_thread
 
+# Records every key and token made, scans every log and output for them at the end of the run.
+pytest_plugins = ("tests.secret_watch",)
+
 LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 # Asks for a throwaway server even when a local one answers (fsync off: much faster DDL).
@@ -213,8 +216,10 @@ def simulator_url() -> Iterator[str]:
 def start_simulator() -> Callable[..., AbstractContextManager[str]]:
     """Factory: `with start_simulator(chunks=3) as url:` serves a simulator so configured."""
     from gateway.upstream.sim import SimConfig, Simulator
+    from tests.secret_watch import WATCH
 
     def start(**config: Any) -> AbstractContextManager[str]:
+        WATCH.record_token(config.get("required_token"))
         return serve_in_thread(Simulator(SimConfig(**config)))
 
     return start

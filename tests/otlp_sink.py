@@ -23,6 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from tests.secret_watch import WATCH
+
 
 def any_value(value: AnyValue) -> Any:
     """An OTLP attribute value as the Python value the SDK was given."""
@@ -152,6 +154,8 @@ def _handler(sink: OtlpSink) -> type[BaseHTTPRequestHandler]:
                 sink.arrived += 1
             sink.answering.wait()
             body = _decoded(body, self.headers.get("content-encoding"))
+            # Protobuf keeps strings as they are: a secret in any field shows in the raw bytes.
+            WATCH.see(f"OTLP export {self.path}", body.decode("latin-1"))
             with sink.lock:
                 sink.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 if self.path == "/v1/traces":

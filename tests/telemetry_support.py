@@ -16,11 +16,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.telemetry import OtelTelemetry
+from tests.secret_watch import WATCH
 
 # A key and a backend token as the gateway would hold them; never to be seen in telemetry.
 KEY = "gw_tel3metry_Sup3rS3cretKeyMaterial_0123456789"
 BACKEND_TOKEN = "backend-token-7c1d9e"
 PROMPT = "the prompt text that must stay private"
+WATCH.record_token(KEY)
+WATCH.record_token(BACKEND_TOKEN)
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,10 @@ def _point(point: Any) -> Point:
 def rig() -> Iterator[Rig]:
     exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
     telemetry = OtelTelemetry(span_exporter=exporter, metric_reader=reader)
+    held = Rig(telemetry, exporter, reader)
     try:
-        yield Rig(telemetry, exporter, reader)
+        yield held
+        WATCH.see("in-memory telemetry", "\n".join(every_value(held)))
     finally:
         telemetry.close()
 

@@ -12,6 +12,7 @@ import msgspec
 import psycopg
 
 from tests.integration.quota_support import FAST_ARGON2
+from tests.secret_watch import WATCH
 
 
 def gateway(
@@ -30,7 +31,27 @@ def gateway(
         check=False,
     )
     assert "Traceback" not in result.stderr
+    watch_cli(args, env, stdin, result)
     return result
+
+
+def watch_cli(
+    args: tuple[str, ...],
+    env: dict[str, str],
+    stdin: str | None,
+    result: subprocess.CompletedProcess[str],
+) -> None:
+    """Record the secrets a CLI call was given or handed out, and keep its output to be scanned:
+    the key `keys create|rotate` hands the operator is allowed in that output, nowhere else."""
+    WATCH.record_env(env)
+    if stdin is not None and "--token-stdin" in args:
+        WATCH.record_token(stdin)
+    command = f"`gateway {' '.join(args[:2])}`"
+    issued: frozenset[str] = frozenset()
+    if args[:2] in (("keys", "create"), ("keys", "rotate")) and result.returncode == 0:
+        issued = WATCH.record_handout(result.stdout)
+    WATCH.see(f"{command} stdout", result.stdout, allowed=issued)
+    WATCH.see(f"{command} stderr", result.stderr)
 
 
 def ok(env: dict[str, str], *args: str) -> str:

@@ -13,6 +13,7 @@ from gateway.app import Gateway
 from gateway.config import load_settings
 from gateway.keys import generate_key
 from gateway.services import Services, hasher_for
+from tests.secret_watch import WATCH
 
 FAST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST_KIB": "64", "ARGON2_PARALLELISM": "1"}
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -77,6 +78,7 @@ async def make_key(
 @asynccontextmanager
 async def running_gateway(env: dict[str, str]) -> AsyncIterator[tuple[Services, httpx.AsyncClient]]:
     """The real ASGI app with its services, and an in-process client for it."""
+    WATCH.record_env(env)
     app = Gateway(load_settings({**FAST_ARGON2, **env}))
     async with (
         app.running() as services,

@@ -27,6 +27,7 @@ from tests.integration.quota_support import (
     make_key,
     running_gateway,
 )
+from tests.secret_watch import WATCH
 
 pytestmark = pytest.mark.anyio
 
@@ -132,8 +133,8 @@ def gateway_processes(env: dict[str, str], count: int) -> Iterator[list[str]]:
         subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=full_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=WATCH.output_file("gateway serve"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         for port in ports

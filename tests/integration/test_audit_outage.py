@@ -20,6 +20,7 @@ from gateway.config import load_settings
 from gateway.devservices import PostgresServer, free_port
 from tests.integration.quota_support import bearer
 from tests.integration.test_audit import CHAT, audit_rows, rid, sql_key, wait_for_rows
+from tests.secret_watch import WATCH
 
 pytestmark = pytest.mark.anyio
 
@@ -118,8 +119,8 @@ async def test_sigterm_lets_live_streams_finish_and_flushes_their_rows(
         process = subprocess.Popen(  # noqa: ASYNC220 - started once, before any request is made
             [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env={**os.environ, **env, "OLLAMA_URL": sim_url, "SHUTDOWN_GRACE_S": "20"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=WATCH.output_file("gateway serve"),
+            stderr=subprocess.STDOUT,
         )
         try:
             url = f"http://127.0.0.1:{port}"

@@ -22,6 +22,7 @@ from tests.integration.test_audit import sql_key
 from tests.integration.test_audit_outage import wait_healthy
 from tests.integration.test_backends import add_backend, chat
 from tests.otlp_sink import otlp_sink
+from tests.secret_watch import WATCH
 from tests.servers import serve_in_thread
 from tests.telemetry_support import Rig, every_value, rig
 
@@ -167,8 +168,8 @@ def test_a_served_gateway_exports_spans_and_metrics_over_otlp(
                 "OTEL_METRIC_EXPORT_INTERVAL": "200",
                 "OTEL_BSP_SCHEDULE_DELAY": "100",
             },
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=WATCH.output_file("gateway serve"),
+            stderr=subprocess.STDOUT,
         )
         try:
             url = f"http://127.0.0.1:{port}"

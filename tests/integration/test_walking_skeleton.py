@@ -18,6 +18,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import load_settings
+from tests.integration.cli_support import watch_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -26,7 +27,7 @@ CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hello"
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         env={**os.environ, **env},
         capture_output=True,
@@ -34,6 +35,8 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+    watch_cli(args, env, None, result)
+    return result
 
 
 def create_key(env: dict[str, str], tenant: str = "acme", name: str = "app") -> str:

@@ -176,3 +176,69 @@ def test_the_collector_receives_otlp_and_feeds_prometheus_and_jaeger() -> None:
     port = collector["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
     scrape = load_yaml(DEPLOY / "prometheus.yaml")["scrape_configs"][0]
     assert scrape["static_configs"][0]["targets"] == [f"otel-collector:{port}"]
+
+
+def final_stage(containerfile: str) -> list[str]:
+    """The instructions of the image's last stage, continuation lines joined, comments gone."""
+    joined = re.sub(r"\\\n", " ", containerfile)
+    lines = [line.strip() for line in joined.splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    starts = [i for i, line in enumerate(instructions) if line.upper().startswith("FROM ")]
+    assert len(starts) >= 2, "a multi-stage build"
+    return instructions[starts[-1] :]
+
+
+@pytest.fixture(scope="module")
+def containerfile() -> str:
+    return (ROOT / "Containerfile").read_text()
+
+
+def test_the_image_runs_as_an_unprivileged_user_without_installers_or_compilers(
+    containerfile: str,
+) -> None:
+    final = final_stage(containerfile)
+    users = [line.split()[1] for line in final if line.upper().startswith("USER ")]
+    assert users, "the final stage names its user"
+    uid, _, gid = users[-1].partition(":")
+    assert int(uid) > 0
+    assert int(gid) > 0
+    run = " ".join(line for line in final if line.upper().startswith("RUN "))
+    # Nothing is installed in the final stage, and what could install anything is removed.
+    assert not re.search(r"apt-get install|apt install|pip install|build-essential|gcc", run)
+    assert re.search(r"pip uninstall --yes pip setuptools", run)
+    for path in ("ensurepip", "/usr/local/bin/pip*", "/usr/bin/apt*", "/usr/bin/dpkg*",
+                 "/var/lib/dpkg", "/var/lib/apt"):  # fmt: skip
+        assert path in run, path
+    copies = [line for line in final if line.upper().startswith("COPY ")]
+    assert copies == ["COPY --from=builder /opt/venv /opt/venv"]
+
+
+def test_the_image_installs_the_hashed_runtime_lock(containerfile: str) -> None:
+    assert "COPY requirements/runtime.lock" in containerfile
+    assert "--require-hashes --no-deps -r requirements/runtime.lock" in containerfile
+    lock = (ROOT / "requirements" / "runtime.lock").read_text()
+    pins = re.findall(r"^([A-Za-z0-9][\w.-]*)==", lock, re.MULTILINE)
+    assert pins
+    assert lock.count("--hash=sha256:") >= len(pins)
+    assert "pytest" not in pins  # the runtime set, not the dev one
+
+
+@pytest.mark.parametrize("service", ["gateway", "migrate"])
+def test_compose_runs_the_gateway_read_only_unprivileged_and_without_capabilities(
+    compose: Any, containerfile: str, service: str
+) -> None:
+    spec = compose["services"][service]
+    assert spec["read_only"] is True
+    assert spec["cap_drop"] == ["ALL"]
+    assert "cap_add" not in spec
+    assert "no-new-privileges:true" in spec["security_opt"]
+    assert spec.get("privileged", False) is False
+    uid, _, gid = str(spec["user"]).partition(":")
+    assert int(uid) > 0
+    assert int(gid) > 0
+    # The same user the image declares, so file ownership inside it holds.
+    assert f"USER {spec['user']}" in final_stage(containerfile)
+    # Only tmpfs is writable, and nothing on it may be executed.
+    for mount in spec["tmpfs"]:
+        assert {"noexec", "nosuid"} <= set(mount.partition(":")[2].split(",")), mount
+    assert "volumes" not in spec
