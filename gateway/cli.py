@@ -195,7 +195,10 @@ def tenants_create(
         try:
             return await database.create_tenant(name, allow_all_models=allow_all_models)
         except Conflict:
-            raise CliError(f"tenant '{name}' already exists") from None
+            raise CliError(
+                f"tenant '{name}' already exists; pick another name, or change it with"
+                " `gateway tenants update`"
+            ) from None
         except Rejected:
             raise CliError(f"invalid tenant name '{name}': use {NAME_RULE}", 2) from None
 

@@ -30,6 +30,8 @@ from gateway.upstream.spec import (
     default_spec,
 )
 
+_LIST_THEM = "list them with `gateway backends list`"
+
 backends = App(
     name="backends",
     help="""Add, remove, list and probe the model backends.
@@ -184,7 +186,9 @@ def backends_add(
         try:
             return await database.add_backend(row, dry_run=dry_run), was_empty
         except Conflict:
-            raise CliError(f"backend '{name}' already exists") from None
+            raise CliError(
+                f"backend '{name}' already exists; remove it first with `gateway backends remove`"
+            ) from None
         except Rejected as exc:
             raise CliError(f"backend '{name}' refused by the database ({exc})", 2) from None
 
@@ -228,7 +232,7 @@ def backends_remove(name: str, *, dry_run: DryRun = False, json: Json = False) -
 
     removed, now_empty = with_database(settings, work)
     if removed is None:
-        raise CliError(f"no backend named '{name}'")
+        raise CliError(f"no backend named '{name}'; {_LIST_THEM}")
     if json:
         print_json(BackendChange("remove", dry_run, listed(removed)))
         return
@@ -294,7 +298,11 @@ def _targets(
         else:
             targets.append((spec, backend.name, source))
     if not targets:
-        raise CliError(f"no backend named '{name}'" if name else "no enabled backend to probe")
+        raise CliError(
+            f"no backend named '{name}'; {_LIST_THEM}"
+            if name
+            else "no enabled backend to probe; add one with `gateway backends add`"
+        )
     return targets
 
 
@@ -344,4 +352,7 @@ def backends_probe(name: str | None = None, *, json: Json = False, timeout_s: fl
         )
     failed = sum(not r.ok for r in results)
     if failed:
-        raise CliError(f"{failed} of {len(results)} backend(s) failed the probe")
+        raise CliError(
+            f"{failed} of {len(results)} backend(s) failed the probe; check each URL and token"
+            " in the table above"
+        )

@@ -38,8 +38,19 @@ def cli_settings() -> Settings:
     except ConfigError as exc:
         raise CliError(str(exc), 2) from None
     if not settings.database_url.reveal():
-        raise CliError("DATABASE_URL: required but not set", 2)
+        raise CliError(
+            "DATABASE_URL: required but not set; export it, e.g."
+            " DATABASE_URL=postgresql://gateway@localhost/gateway",
+            2,
+        )
     return settings
+
+
+# Also what a database that was never migrated gives: the fix names both.
+UNREACHABLE_POSTGRES = (
+    "cannot reach Postgres at DATABASE_URL; check that it is running and the URL is right,"
+    " then run `gateway migrate`"
+)
 
 
 def no_tenant(name: str | None) -> CliError:
@@ -60,9 +71,7 @@ def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) 
     try:
         return anyio.run(run, backend="asyncio")
     except ServiceUnavailable:
-        raise CliError(
-            "cannot reach Postgres at DATABASE_URL (is it running and migrated?)"
-        ) from None
+        raise CliError(UNREACHABLE_POSTGRES) from None
 
 
 def with_cache(

@@ -19,6 +19,8 @@ from gateway.cli_common import (
     Json,
     cli_settings,
     key_id_of,
+    no_key,
+    no_tenant,
     parse_duration,
     print_json,
     print_table,
@@ -82,7 +84,7 @@ def keys_create(
     async def work(database: Database) -> datetime:
         tenant_id = await database.tenant_id(tenant)
         if tenant_id is None:
-            raise CliError(f"no tenant named '{tenant}'")
+            raise no_tenant(tenant)
         try:
             return await database.create_key(
                 key_id=issued.key_id,
@@ -92,7 +94,9 @@ def keys_create(
                 expires_at=expires_at,
             )
         except Conflict:
-            raise CliError(f"tenant '{tenant}' already has a key named '{name}'") from None
+            raise CliError(
+                f"tenant '{tenant}' already has a key named '{name}'; pick another name"
+            ) from None
         except Rejected:
             raise CliError(f"invalid key name '{name}': use {NAME_RULE}", 2) from None
 
@@ -170,7 +174,7 @@ def keys_revoke(prefix: KeyPrefix, *, reason: str | None = None) -> None:
     key_id = key_id_of(prefix, settings)
     revoked = with_database(settings, lambda database: database.revoke_key(key_id, reason))
     if revoked is None:
-        raise CliError(f"no key with prefix '{prefix}'")
+        raise no_key(prefix)
     if revoked is False:
         print(f"key {settings.key_prefix}_{key_id} was already revoked")
         return
@@ -232,7 +236,7 @@ def keys_rotate(prefix: KeyPrefix, *, grace: str = "24h", json: Json = False) ->
 
     changed = with_database(settings, work)
     if changed is None:
-        raise CliError(f"no key with prefix '{prefix}'")
+        raise no_key(prefix)
     before, after = changed
     shown = f"{settings.key_prefix}_{key_id}"
     if after.revoked_at is not None:
@@ -347,7 +351,7 @@ def keys_update(
 
     changed = with_database(settings, work)
     if changed is None:
-        raise CliError(f"no key with prefix '{prefix}'")
+        raise no_key(prefix)
     if not dry_run:
         _forget_cached(settings, key_id)
     before, after = (_setting(settings, row) for row in changed)

@@ -7,7 +7,14 @@ from typing import Annotated
 
 from cyclopts import App, Parameter
 
-from gateway.cli_common import CliError, Json, cli_settings, print_json, with_database
+from gateway.cli_common import (
+    UNREACHABLE_POSTGRES,
+    CliError,
+    Json,
+    cli_settings,
+    print_json,
+    with_database,
+)
 from gateway.retention import Sweeper, SweepReport
 from gateway.store.pg import Database
 
@@ -49,7 +56,7 @@ def retention_sweep(
 
     report = with_database(settings, work)
     if report.outcome == "unavailable":
-        raise CliError("cannot reach Postgres at DATABASE_URL (is it running and migrated?)")
+        raise CliError(UNREACHABLE_POSTGRES)
     if report.outcome == "skipped":
         raise CliError("another sweep is running (a gateway's, most likely); try again shortly")
     if json:

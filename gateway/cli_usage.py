@@ -131,7 +131,10 @@ def usage(*, tenant: str | None = None, key: str | None = None, json: Json = Fal
             if not keys and tenant is None:
                 raise no_key(key)
             if not keys:
-                raise CliError(f"no key with prefix '{key}' in tenant '{tenant}'")
+                raise CliError(
+                    f"no key with prefix '{key}' in tenant '{tenant}'; list them with"
+                    f" `gateway keys list --tenant {tenant}`"
+                )
             tenants = [t for t in tenants if t.tenant_id == keys[0].tenant_id]
         tenant_ids = [t.tenant_id for t in tenants]
         return tenants, keys, await database.ledger_now(tenant_ids, periods.day, periods.month)

@@ -20,7 +20,10 @@ def test_tenants_are_created_once_and_listed(env: dict[str, str]) -> None:
     assert msgspec.json.decode(created.stdout)["name"] == "acme"
     again = gateway(env, "tenants", "create", "acme")
     assert again.returncode == 1
-    assert again.stderr.strip() == "error: tenant 'acme' already exists"
+    assert again.stderr.strip() == (
+        "error: tenant 'acme' already exists; pick another name, or change it with"
+        " `gateway tenants update`"
+    )
     bad = gateway(env, "tenants", "create", "Not A Name")
     assert bad.returncode == 2
     assert "invalid tenant name" in bad.stderr
@@ -75,13 +78,16 @@ def test_a_key_is_shown_once_and_never_listed(env: dict[str, str]) -> None:
 
 def test_key_errors_are_one_clear_line(env: dict[str, str]) -> None:
     unknown = gateway(env, "keys", "create", "--tenant", "ghost", "--name", "x")
-    assert (unknown.returncode, unknown.stderr.strip()) == (1, "error: no tenant named 'ghost'")
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        1,
+        "error: no tenant named 'ghost'; list them with `gateway tenants list`",
+    )
     assert gateway(env, "tenants", "create", "acme").returncode == 0
     assert gateway(env, "keys", "create", "--tenant", "acme", "--name", "x").returncode == 0
     dup = gateway(env, "keys", "create", "--tenant", "acme", "--name", "x")
     assert (dup.returncode, dup.stderr.strip()) == (
         1,
-        "error: tenant 'acme' already has a key named 'x'",
+        "error: tenant 'acme' already has a key named 'x'; pick another name",
     )
     bad_expiry = gateway(
         env, "keys", "create", "--tenant", "acme", "--name", "y", "--expires-in", "soon"
@@ -91,7 +97,7 @@ def test_key_errors_are_one_clear_line(env: dict[str, str]) -> None:
     missing = gateway(env, "keys", "revoke", "gw_AAAAAAAAAAAA")
     assert (missing.returncode, missing.stderr.strip()) == (
         1,
-        "error: no key with prefix 'gw_AAAAAAAAAAAA'",
+        "error: no key with prefix 'gw_AAAAAAAAAAAA'; list them with `gateway keys list`",
     )
 
 
@@ -117,7 +123,8 @@ def test_an_unreachable_database_is_reported_without_secrets() -> None:
     missing = gateway({}, "tenants", "list")
     assert (missing.returncode, missing.stderr.strip()) == (
         2,
-        "error: DATABASE_URL: required but not set",
+        "error: DATABASE_URL: required but not set; export it, e.g."
+        " DATABASE_URL=postgresql://gateway@localhost/gateway",
     )
 
 

@@ -15,6 +15,9 @@ import pytest
 from gateway.devservices import free_port
 from tests.integration.cli_support import as_json, gateway, ok, stored
 
+LIST_THEM = "list them with `gateway backends list`\n"
+CHECK_THEM = "check each URL and token in the table above\n"
+
 SECRET = "sk-backend-7Qm2xV9pLr4T"
 WRONG = "sk-wrong-3Hd8Kw1Zn6Yb"
 Start = Callable[..., AbstractContextManager[str]]
@@ -128,7 +131,10 @@ def test_add_list_remove_round_trip(env: dict[str, str], simulator_url: str) -> 
         f"({simulator_url})",
     ]
     missing = gateway(env, "backends", "remove", "gpu2")
-    assert (missing.returncode, missing.stderr) == (1, "error: no backend named 'gpu2'\n")
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        "error: no backend named 'gpu2'; " + LIST_THEM,
+    )
 
 
 def test_an_empty_table_shows_the_ollama_url_default(
@@ -163,7 +169,10 @@ def test_dry_runs_check_everything_and_write_nothing(
     ok(env, "backends", "add", "gpu1", simulator_url)
     assert notices() == ["gpu1"]
     duplicate = gateway(env, "backends", "add", "gpu1", simulator_url, "--dry-run")
-    assert (duplicate.returncode, duplicate.stderr) == (1, "error: backend 'gpu1' already exists\n")
+    assert (duplicate.returncode, duplicate.stderr) == (
+        1,
+        "error: backend 'gpu1' already exists; remove it first with `gateway backends remove`\n",
+    )
 
     assert ok(env, "backends", "remove", "gpu1", "--dry-run") == (
         "dry run: would remove backend 'gpu1'; nothing was written\n"
@@ -228,7 +237,7 @@ def test_probe_reports_a_bad_token_as_a_failure_without_printing_it(
 
     assert text.returncode == code == 1
     assert text.stdout.splitlines()[1].split()[:4] == ["gpu1", "failed", "HTTP", "401"]
-    assert text.stderr == "error: 1 of 1 backend(s) failed the probe\n"
+    assert text.stderr == "error: 1 of 1 backend(s) failed the probe; " + CHECK_THEM
     assert [(r["name"], r["ok"], r["status"], r["error"]) for r in results] == [
         ("gpu1", False, 401, None)
     ]
@@ -303,7 +312,7 @@ def test_probe_fails_on_a_closed_port_and_on_an_answer_that_is_not_a_model_list(
         "html": (False, 200, "UnexpectedAnswer", None),
     }
     assert "SECRET-UPSTREAM-DETAIL" not in text.stdout + text.stderr
-    assert text.stderr == "error: 2 of 3 backend(s) failed the probe\n"
+    assert text.stderr == "error: 2 of 3 backend(s) failed the probe; " + CHECK_THEM
     assert ok(env, "backends", "probe", "good").splitlines()[1].split()[:5] == [
         "good", "ok", "HTTP", "200,", "2",
     ]  # fmt: skip
@@ -347,10 +356,16 @@ def test_probe_skips_disabled_backends_unless_named(
     assert as_json(env, "backends", "list")[0]["enabled"] is False
 
     nothing = gateway(env, "backends", "probe")
-    assert (nothing.returncode, nothing.stderr) == (1, "error: no enabled backend to probe\n")
+    assert (nothing.returncode, nothing.stderr) == (
+        1,
+        "error: no enabled backend to probe; add one with `gateway backends add`\n",
+    )
     assert ok(env, "backends", "probe", "gpu1").splitlines()[1].split()[:2] == ["gpu1", "ok"]
     unknown = gateway(env, "backends", "probe", "gpu9")
-    assert (unknown.returncode, unknown.stderr) == (1, "error: no backend named 'gpu9'\n")
+    assert (unknown.returncode, unknown.stderr) == (
+        1,
+        "error: no backend named 'gpu9'; " + LIST_THEM,
+    )
 
 
 @pytest.mark.parametrize(

@@ -335,7 +335,9 @@ def test_usage_narrows_to_a_tenant_or_a_key(
     mismatch = gateway(env, "usage", "--tenant", "other", "--key", acme.keys[0])
     assert mismatch.returncode == 1
     assert (
-        mismatch.stderr.strip() == f"error: no key with prefix '{acme.keys[0]}' in tenant 'other'"
+        mismatch.stderr.strip()
+        == f"error: no key with prefix '{acme.keys[0]}' in tenant 'other'; list them with"
+        " `gateway keys list --tenant other`"
     )
 
 

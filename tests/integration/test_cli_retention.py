@@ -90,6 +90,7 @@ def test_postgres_unreachable_is_one_line_without_the_password() -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        "error: cannot reach Postgres at DATABASE_URL (is it running and migrated?)"
+        "error: cannot reach Postgres at DATABASE_URL; check that it is running and the URL is"
+        " right, then run `gateway migrate`"
     ]
     assert "s3cret" not in result.stderr

@@ -115,7 +115,7 @@ async def test_rotation_without_grace_ends_the_old_secret_and_a_revoked_key_cann
     missing = gateway(env, "keys", "rotate", "gw_AAAAAAAAAAAA")
     assert (missing.returncode, missing.stderr.strip()) == (
         1,
-        "error: no key with prefix 'gw_AAAAAAAAAAAA'",
+        "error: no key with prefix 'gw_AAAAAAAAAAAA'; list them with `gateway keys list`",
     )
     for grace in ("soon", "-1s", "1.5h", "99999999999999w"):
         bad = gateway(env, "keys", "rotate", old["prefix"], f"--grace={grace}")
@@ -181,7 +181,7 @@ async def test_the_prompt_log_is_off_by_default_and_switched_per_key(env: dict[s
     missing = gateway(env, "keys", "update", "gw_AAAAAAAAAAAA", "--prompt-log", "on")
     assert (missing.returncode, missing.stderr.strip()) == (
         1,
-        "error: no key with prefix 'gw_AAAAAAAAAAAA'",
+        "error: no key with prefix 'gw_AAAAAAAAAAAA'; list them with `gateway keys list`",
     )
 
 
