@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.config import Settings
 from gateway.telemetry import names
 from gateway.telemetry.names import Instrument
 from tests.telemetry_support import rig
@@ -242,3 +243,12 @@ def test_compose_runs_the_gateway_read_only_unprivileged_and_without_capabilitie
     for mount in spec["tmpfs"]:
         assert {"noexec", "nosuid"} <= set(mount.partition(":")[2].split(",")), mount
     assert "volumes" not in spec
+
+
+def test_compose_gives_the_gateway_time_to_finish_streams_and_flush_audit_on_stop(
+    compose: Any,
+) -> None:
+    grace = compose["services"]["gateway"]["stop_grace_period"]
+    assert grace.endswith("s")
+    # Docker kills after this; the gateway needs SHUTDOWN_GRACE_S plus up to 10 s of flushing.
+    assert float(grace[:-1]) > Settings().shutdown_grace_s + 10
