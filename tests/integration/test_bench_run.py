@@ -18,6 +18,7 @@ from gateway.bench.model import Results
 from gateway.bench.procs import descendants
 from gateway.bench.report import BEGIN, END
 from gateway.bench.scenarios import PATHS
+from tests.secret_watch import WATCH
 
 # Any whole key: prefix, 12-character id, 32-character secret.
 WHOLE_KEY = re.compile(r"[a-z][a-z0-9]{0,15}_[A-Za-z0-9]{44}")
@@ -45,6 +46,7 @@ class Watched:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
+            WATCH.see("scripts/bench output", line)
             self.lines.append(line)
 
     def _sample(self) -> None:

@@ -23,6 +23,7 @@ import pytest
 from gateway.devservices import PostgresServer
 from gateway.store.pg import AuditFilter, Database
 from tests.integration.cli_support import Tenant, gateway, key_id, make_tenant, ok
+from tests.secret_watch import WATCH
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 INSERT = """
@@ -341,6 +342,7 @@ class Follower:
     def _read(stream: IO[str] | None, into: queue.Queue[str]) -> None:
         assert stream is not None
         for line in stream:
+            WATCH.see("audit tail --follow", line)
             into.put(line)
 
     def __enter__(self) -> Follower:
