@@ -215,6 +215,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     found = config.stash.get(LEAKS, [])
     if not found:
+        # The evidence that the watch looked: what it held and what it read.
+        terminalreporter.write_line(
+            f"secret watch: {len(WATCH.key_secrets)} keys and {len(WATCH.tokens)} tokens recorded,"
+            f" {len(WATCH.texts)} texts and {len(WATCH.files)} output files scanned, no leak"
+        )
         return
     total = sum(leak.count for leak in found)
     terminalreporter.section("secret watch: secrets leaked", sep="=", red=True, bold=True)
