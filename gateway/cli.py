@@ -30,6 +30,7 @@ from gateway.cli_quota import budgets, limits
 from gateway.cli_retention import retention
 from gateway.cli_usage import usage
 from gateway.config import ConfigError, load_settings
+from gateway.store import pg_tenants
 from gateway.store.pg import Conflict, Database, Rejected
 
 app = App(
@@ -193,7 +194,7 @@ def tenants_create(
 
     async def work(database: Database) -> Any:
         try:
-            return await database.create_tenant(name, allow_all_models=allow_all_models)
+            return await pg_tenants.create_tenant(database, name, allow_all_models=allow_all_models)
         except Conflict:
             raise CliError(
                 f"tenant '{name}' already exists; pick another name, or change it with"
@@ -220,7 +221,7 @@ def tenants_list(*, json: Json = False) -> None:
     Examples
     - `gateway tenants list --json`
     """
-    rows = with_database(cli_settings(), lambda database: database.list_tenants())
+    rows = with_database(cli_settings(), lambda database: pg_tenants.list_tenants(database))
     if json:
         print_json(rows)
     else:
@@ -250,7 +251,9 @@ def tenants_update(
         up to this many requests per turn (1-1000; every tenant starts at 1).
     """
     settings = cli_settings()
-    found = with_database(settings, lambda database: database.set_queue_weight(name, queue_weight))
+    found = with_database(
+        settings, lambda database: pg_tenants.set_queue_weight(database, name, queue_weight)
+    )
     if found is None:
         raise no_tenant(name)
     print(f"tenant '{name}' now has queue weight {queue_weight}")

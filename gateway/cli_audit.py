@@ -25,7 +25,9 @@ from gateway.cli_common import (
 )
 from gateway.config import Settings
 from gateway.errors import ServiceUnavailable
-from gateway.store.pg import AuditFilter, AuditRow, AuditTail, Database
+from gateway.store import pg_audit, pg_tenants
+from gateway.store.pg import Database
+from gateway.store.pg_audit import AuditFilter, AuditRow, AuditTail
 
 audit = App(
     name="audit",
@@ -105,7 +107,7 @@ async def _filter(
 ) -> AuditFilter:
     tenant_id = None
     if tenant is not None:
-        tenant_id = await database.tenant_id(tenant)
+        tenant_id = await pg_tenants.tenant_id(database, tenant)
         if tenant_id is None:
             # A deleted tenant's rows remain, under its id.
             try:
@@ -173,7 +175,7 @@ async def _follow(database: Database, where: AuditFilter, tail: AuditTail, out: 
     while True:
         await anyio.sleep(POLL_S)
         try:
-            rows = await database.audit_since(where, start - FOLLOW_OVERLAP)
+            rows = await pg_audit.audit_since(database, where, start - FOLLOW_OVERLAP)
         except ServiceUnavailable:
             if not down:
                 print("warning: lost Postgres; retrying every second", file=sys.stderr)
@@ -228,7 +230,9 @@ def tail(
 
     async def work(database: Database) -> None:
         where = await _filter(database, settings, tenant, key, limits)
-        first = await database.audit_tail(where, lines, FOLLOW_OVERLAP if follow else None)
+        first = await pg_audit.audit_tail(
+            database, where, lines, FOLLOW_OVERLAP if follow else None
+        )
         out = _Printer(json)
         out.rows(first.rows)
         if follow:
@@ -333,8 +337,13 @@ def export(
         count = 0
         try:
             sink = _Sink(fmt, stream)
-            batches = database.audit_export(
-                where, start, end, batch=EXPORT_BATCH, fetch_timeout_s=EXPORT_FETCH_TIMEOUT_S
+            batches = pg_audit.audit_export(
+                database,
+                where,
+                start,
+                end,
+                batch=EXPORT_BATCH,
+                fetch_timeout_s=EXPORT_FETCH_TIMEOUT_S,
             )
             async with contextlib.aclosing(batches):
                 async for rows in batches:

@@ -17,6 +17,7 @@ from cyclopts import App, Parameter
 
 from gateway.cli_common import CliError, Json, cli_settings, print_json, print_table, with_database
 from gateway.config import Secret, Settings
+from gateway.store import pg_backends
 from gateway.store.pg import BackendRow, Conflict, Database, Rejected
 from gateway.upstream.backends import spec_of
 from gateway.upstream.probe import ProbeResult, probe_all
@@ -184,7 +185,7 @@ def backends_add(
     async def work(database: Database) -> tuple[BackendRow, bool]:
         was_empty = not await database.list_backends()
         try:
-            return await database.add_backend(row, dry_run=dry_run), was_empty
+            return await pg_backends.add_backend(database, row, dry_run=dry_run), was_empty
         except Conflict:
             raise CliError(
                 f"backend '{name}' already exists; remove it first with `gateway backends remove`"
@@ -226,7 +227,7 @@ def backends_remove(name: str, *, dry_run: DryRun = False, json: Json = False) -
     settings = cli_settings()
 
     async def work(database: Database) -> tuple[BackendRow | None, bool]:
-        removed = await database.remove_backend(name, dry_run=dry_run)
+        removed = await pg_backends.remove_backend(database, name, dry_run=dry_run)
         now_empty = removed is not None and not dry_run and not await database.list_backends()
         return removed, now_empty
 

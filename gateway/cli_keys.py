@@ -30,7 +30,9 @@ from gateway.cli_common import (
 from gateway.config import Settings
 from gateway.keys import SECRET_LENGTH, generate_key
 from gateway.services import hasher_for
-from gateway.store.pg import Conflict, Database, KeySettings, Rejected
+from gateway.store import pg_keys, pg_tenants
+from gateway.store.pg import Conflict, Database, Rejected
+from gateway.store.pg_keys import KeySettings
 
 keys = App(
     name="keys",
@@ -82,11 +84,12 @@ def keys_create(
     secret_hash = hasher_for(settings).hash(issued.full_key)
 
     async def work(database: Database) -> datetime:
-        tenant_id = await database.tenant_id(tenant)
+        tenant_id = await pg_tenants.tenant_id(database, tenant)
         if tenant_id is None:
             raise no_tenant(tenant)
         try:
-            return await database.create_key(
+            return await pg_keys.create_key(
+                database,
                 key_id=issued.key_id,
                 tenant_id=tenant_id,
                 name=name,
@@ -133,7 +136,7 @@ def keys_list(*, tenant: str | None = None, json: Json = False) -> None:
         Only this tenant's keys.
     """
     settings = cli_settings()
-    rows = with_database(settings, lambda database: database.list_keys(tenant))
+    rows = with_database(settings, lambda database: pg_keys.list_keys(database, tenant))
     if json:
         print_json(
             [
@@ -172,7 +175,7 @@ def keys_revoke(prefix: KeyPrefix, *, reason: str | None = None) -> None:
     """
     settings = cli_settings()
     key_id = key_id_of(prefix, settings)
-    revoked = with_database(settings, lambda database: database.revoke_key(key_id, reason))
+    revoked = with_database(settings, lambda database: pg_keys.revoke_key(database, key_id, reason))
     if revoked is None:
         raise no_key(prefix)
     if revoked is False:
@@ -230,7 +233,7 @@ def keys_rotate(prefix: KeyPrefix, *, grace: str = "24h", json: Json = False) ->
 
     async def work(database: Database) -> tuple[KeySettings, KeySettings] | None:
         try:
-            return await database.rotate_key(key_id, secret_hash, grace_s)
+            return await pg_keys.rotate_key(database, key_id, secret_hash, grace_s)
         except Rejected:
             raise CliError(f"invalid grace '{grace}': too long; use a shorter one", 2) from None
 
@@ -331,13 +334,14 @@ def keys_update(
 
     async def work(database: Database) -> tuple[KeySettings, KeySettings] | None:
         if not dry_run:
-            return await database.set_prompt_log(
+            return await pg_keys.set_prompt_log(
+                database,
                 key_id,
                 enabled=enabled,
                 retention_days=days,
                 retention_set=retention_days is not None,
             )
-        before = await database.key_settings(key_id)
+        before = await pg_keys.key_settings(database, key_id)
         if before is None:
             return None
         after = msgspec.structs.replace(

@@ -36,7 +36,9 @@ from gateway.models import (
     canonical_model,
     effective_access,
 )
-from gateway.store.pg import Database, ModelsRow, ModelsUpdate
+from gateway.store import pg_keys, pg_tenants
+from gateway.store.pg import Database
+from gateway.store.pg_tenants import ModelsRow, ModelsUpdate
 from gateway.store.redis import Cache
 
 models = App(
@@ -200,12 +202,12 @@ def _change(
     key_id = key_id_of(key, settings) if key is not None else None
 
     async def work(database: Database) -> tuple[tuple[ModelsRow, ModelsRow] | None, list[str]]:
-        rows = await database.change_models(decide, tenant=tenant, key_id=key_id)
+        rows = await pg_tenants.change_models(database, decide, tenant=tenant, key_id=key_id)
         if rows is None or rows[0] == rows[1]:
             return rows, []
         if key_id is not None:
             return rows, [key_id]
-        return rows, [k.key_id for k in await database.list_keys(tenant)]
+        return rows, [k.key_id for k in await pg_keys.list_keys(database, tenant)]
 
     rows, key_ids = with_database(settings, work)
     if rows is None:
@@ -399,7 +401,9 @@ def models_list(*, tenant: str | None = None, key: str | None = None, json: Json
     _one_scope(tenant, key)
     settings = cli_settings()
     key_id = key_id_of(key, settings) if key is not None else None
-    row = with_database(settings, lambda database: database.models_of(tenant=tenant, key_id=key_id))
+    row = with_database(
+        settings, lambda database: pg_tenants.models_of(database, tenant=tenant, key_id=key_id)
+    )
     if row is None:
         raise no_key(key) if key else no_tenant(tenant)
     discovered = discovered_models(settings)

@@ -28,7 +28,9 @@ from gateway.cli_common import (
     with_database,
 )
 from gateway.config import Settings
-from gateway.store.pg import Database, QuotaRow, Rejected
+from gateway.store import pg_keys, pg_tenants
+from gateway.store.pg import Database, Rejected
+from gateway.store.pg_tenants import QuotaRow
 from gateway.store.redis import Cache
 
 limits = App(
@@ -122,11 +124,11 @@ def _apply(
     async def work(database: Database) -> tuple[QuotaRow | None, list[str]]:
         try:
             if key is not None:
-                row = await database.set_key_quotas(key_id_of(key, settings), changes)
+                row = await pg_tenants.set_key_quotas(database, key_id_of(key, settings), changes)
                 return row, [row.key_id] if row and row.key_id else []
             assert tenant is not None  # _one_scope saw to it
-            row = await database.set_tenant_quotas(tenant, changes)
-            return row, [k.key_id for k in await database.list_keys(tenant)] if row else []
+            row = await pg_tenants.set_tenant_quotas(database, tenant, changes)
+            return row, [k.key_id for k in await pg_keys.list_keys(database, tenant)] if row else []
         except Rejected as exc:
             raise CliError(f"Postgres rejected the value ({exc})", 2) from None
 

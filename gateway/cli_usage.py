@@ -27,7 +27,9 @@ from gateway.cli_common import (
 )
 from gateway.cli_quota import Scope, scope_of
 from gateway.config import Settings
-from gateway.store.pg import Database, LedgerNow, QuotaRow
+from gateway.store import pg_tenants
+from gateway.store.pg import Database
+from gateway.store.pg_tenants import LedgerNow, QuotaRow
 
 Period = Literal["day", "month", "total"]
 PERIODS: tuple[Period, ...] = ("day", "month", "total")
@@ -122,11 +124,11 @@ def usage(*, tenant: str | None = None, key: str | None = None, json: Json = Fal
     periods = periods_at(datetime.now(UTC))
 
     async def work(database: Database) -> tuple[list[QuotaRow], list[QuotaRow], list[LedgerNow]]:
-        tenants = await database.tenant_quotas(tenant)
+        tenants = await pg_tenants.tenant_quotas(database, tenant)
         if tenant is not None and not tenants:
             raise no_tenant(tenant)
         key_id = key_id_of(key, settings) if key is not None else None
-        keys = await database.key_quotas(tenant=tenant, key_id=key_id)
+        keys = await pg_tenants.key_quotas(database, tenant=tenant, key_id=key_id)
         if key is not None:
             if not keys and tenant is None:
                 raise no_key(key)
@@ -137,7 +139,11 @@ def usage(*, tenant: str | None = None, key: str | None = None, json: Json = Fal
                 )
             tenants = [t for t in tenants if t.tenant_id == keys[0].tenant_id]
         tenant_ids = [t.tenant_id for t in tenants]
-        return tenants, keys, await database.ledger_now(tenant_ids, periods.day, periods.month)
+        return (
+            tenants,
+            keys,
+            await pg_tenants.ledger_now(database, tenant_ids, periods.day, periods.month),
+        )
 
     tenants, keys, ledger = with_database(settings, work)
     tenant_ids = [t.tenant_id for t in tenants]

@@ -12,7 +12,9 @@ import anyio
 import msgspec
 
 from gateway.errors import ServiceUnavailable
-from gateway.store.pg import AuditPartition, Busy, Database, RetentionSession
+from gateway.store import pg_retention
+from gateway.store.pg import Busy, Database
+from gateway.store.pg_retention import AuditPartition, RetentionSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -173,8 +175,8 @@ class Sweeper:
         now = self._clock()
         tally = _Tally(dry_run)
         try:
-            async with self._database.retention_session(
-                exclusive=not dry_run, lock_timeout_s=self._lock_timeout_s
+            async with pg_retention.retention_session(
+                self._database, exclusive=not dry_run, lock_timeout_s=self._lock_timeout_s
             ) as session:
                 if session is None:
                     log.info("retention: another replica is sweeping, skipping this round")

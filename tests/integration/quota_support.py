@@ -13,6 +13,7 @@ from gateway.app import Gateway
 from gateway.config import load_settings
 from gateway.keys import generate_key
 from gateway.services import Services, hasher_for
+from gateway.store import pg_keys, pg_tenants
 from tests.secret_watch import WATCH
 
 FAST_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_COST_KIB": "64", "ARGON2_PARALLELISM": "1"}
@@ -46,13 +47,14 @@ async def make_key(
     services: Services, tenant: str = "acme", name: str = "app", **quota: Unpack[Quota]
 ) -> str:
     """A key whose tenant and key columns carry `quota` (e.g. key_rpm=60, tenant_total=100)."""
-    tenant_id = await services.database.tenant_id(tenant)
+    tenant_id = await pg_tenants.tenant_id(services.database, tenant)
     if tenant_id is None:
         # New tenants are default-deny; these tests are about quotas, not model access.
-        created = await services.database.create_tenant(tenant, allow_all_models=True)
+        created = await pg_tenants.create_tenant(services.database, tenant, allow_all_models=True)
         tenant_id = created.id
     issued = generate_key(services.settings.key_prefix)
-    await services.database.create_key(
+    await pg_keys.create_key(
+        services.database,
         key_id=issued.key_id,
         tenant_id=tenant_id,
         name=name,

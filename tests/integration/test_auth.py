@@ -13,6 +13,7 @@ from gateway.chain.auth import Authenticator, LocalKeyCache, bearer_token
 from gateway.chain.values import Principal
 from gateway.errors import ServiceUnavailable, Unauthorized
 from gateway.keys import KeyHasher, cache_digest, generate_key
+from gateway.store import pg_keys, pg_tenants
 from gateway.store.pg import Database
 from gateway.store.redis import Cache
 
@@ -51,9 +52,13 @@ def sql(url: str, statement: str, *params: object) -> None:
 
 
 async def new_key(database: Database, tenant: str = "acme", **columns: object) -> str:
-    tenant_id = await database.tenant_id(tenant) or (await database.create_tenant(tenant)).id
+    tenant_id = (
+        await pg_tenants.tenant_id(database, tenant)
+        or (await pg_tenants.create_tenant(database, tenant)).id
+    )
     issued = generate_key("gw")
-    await database.create_key(
+    await pg_keys.create_key(
+        database,
         key_id=issued.key_id,
         tenant_id=tenant_id,
         name=f"k{issued.key_id.lower()}",
@@ -139,9 +144,9 @@ async def test_unknown_revoked_disabled_and_expired_keys_are_refused(
     with pytest.raises(Unauthorized):
         await auth.authenticate(bearer(generate_key("gw").full_key))
     revoked = await new_key(database)
-    assert await database.revoke_key(revoked[3:15], "leaked") is True
-    assert await database.revoke_key(revoked[3:15], "again") is False
-    assert await database.revoke_key("nosuchkey123", None) is None
+    assert await pg_keys.revoke_key(database, revoked[3:15], "leaked") is True
+    assert await pg_keys.revoke_key(database, revoked[3:15], "again") is False
+    assert await pg_keys.revoke_key(database, "nosuchkey123", None) is None
     with pytest.raises(Unauthorized):
         await auth.authenticate(bearer(revoked))
     disabled = await new_key(database, tenant="gone")

@@ -21,7 +21,9 @@ import psycopg
 import pytest
 
 from gateway.devservices import PostgresServer
-from gateway.store.pg import AuditFilter, Database
+from gateway.store import pg_audit
+from gateway.store.pg import Database
+from gateway.store.pg_audit import AuditFilter
 from tests.integration.cli_support import Tenant, gateway, key_id, make_tenant, ok
 from tests.secret_watch import WATCH
 
@@ -295,7 +297,8 @@ async def test_export_streams_from_a_server_side_cursor(database_url: str, acme:
         )
     sizes: list[int] = []
     async with Database.open(database_url, pool_size=1, timeout_s=5) as database:
-        batches = database.audit_export(
+        batches = pg_audit.audit_export(
+            database,
             AuditFilter(key_prefix="gw"),
             NOW - timedelta(hours=1),
             None,

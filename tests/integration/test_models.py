@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from gateway import __version__
+from gateway.store import pg_tenants
 from tests.integration.quota_support import CHAT, bearer, make_key, run_sql, running_gateway
 
 pytestmark = pytest.mark.anyio
@@ -86,7 +87,9 @@ async def test_a_new_tenant_may_use_no_model(env: dict[str, str], database_url: 
         key = await make_key(services, tenant="fresh")
         restrict(database_url, "fresh", [])  # what `tenants create` gives: default deny
         await services.cache.evict_key(key[3:15])
-        services.authenticator.changed(f"t:{(await services.database.tenant_id('fresh'))}")
+        services.authenticator.changed(
+            f"t:{(await pg_tenants.tenant_id(services.database, 'fresh'))}"
+        )
         assert (await client.get("/api/tags", headers=bearer(key))).json() == {"models": []}
         assert (await chat(client, key, "llama3.2:1b")).status_code == 404
 

@@ -14,6 +14,7 @@ from gateway.app import Gateway
 from gateway.config import load_settings
 from gateway.keys import generate_key
 from gateway.services import Services, hasher_for
+from gateway.store import pg_keys, pg_tenants
 from tests.integration.asgi import call
 
 pytestmark = pytest.mark.anyio
@@ -49,9 +50,10 @@ BLOCKED = [
 
 
 async def make_key(services: Services) -> str:
-    tenant = await services.database.create_tenant("acme", allow_all_models=True)
+    tenant = await pg_tenants.create_tenant(services.database, "acme", allow_all_models=True)
     issued = generate_key(services.settings.key_prefix)
-    await services.database.create_key(
+    await pg_keys.create_key(
+        services.database,
         key_id=issued.key_id,
         tenant_id=tenant.id,
         name="app",

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.devservices import free_port
 from gateway.retention import Sweeper, SweepReport
+from gateway.store import pg_retention
 from gateway.store.pg import Database
 from tests.integration.cli_support import make_tenant
 from tests.integration.quota_support import run_sql
@@ -196,7 +197,9 @@ async def test_replicas_sweeping_at_once_while_audit_rows_are_copied_in(database
 async def test_a_replica_skips_while_another_sweeps(database_url: str) -> None:
     world = seed(database_url)
     async with Database.open(database_url, pool_size=1, timeout_s=5) as database:
-        async with database.retention_session(exclusive=True, lock_timeout_s=1) as other:
+        async with pg_retention.retention_session(
+            database, exclusive=True, lock_timeout_s=1
+        ) as other:
             assert other is not None  # this one holds the sweep's lock, as a sweeping replica
             assert await sweeper(database).sweep_once() == SweepReport(outcome="skipped")
         assert partitions(database_url) == world.partitions

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.retention import DEFAULT_PARTITION, Plan, first_of_month, partition_names, plan
-from gateway.store.pg import AuditPartition
+from gateway.store.pg_retention import AuditPartition
 
 FIRST_MONTH = datetime(2020, 1, 1, tzinfo=UTC)
 MONTHS = 96  # 2020-01 .. 2027-12
