@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -111,6 +112,9 @@ class Gateway:
         started = False
         try:
             async with self.running():
+                # What start-up built lives as long as the worker: out of the collector's sight,
+                # so collections that requests trigger no longer walk it.
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
                 started = True
                 await receive()  # lifespan.shutdown
