@@ -148,8 +148,20 @@ def error_body(error: GatewayError, surface: Surface) -> bytes:
     return _encode(_OllamaBody(error.detail))
 
 
-def stream_error_frame(error: GatewayError, surface: Surface) -> bytes:
-    """The last frame of a stream that broke after its first byte: never a silent truncation."""
+def stream_error_frame(error: GatewayError, surface: Surface, *, after: bytes = b"") -> bytes:
+    """The last frame of a stream that broke after its first byte: never a silent truncation.
+
+    `after` is the end of what was sent before; a frame cut mid-line is ended first, so the
+    error is a line (an event) of its own that the client can parse.
+    """
     if surface is Surface.OPENAI:
-        return b"data: " + error_body(error, surface) + b"\n\n"
-    return error_body(error, surface) + b"\n"
+        ending = (
+            b""
+            if not after or after.endswith(b"\n\n")
+            else b"\n"
+            if after.endswith(b"\n")
+            else b"\n\n"
+        )
+        return ending + b"data: " + error_body(error, surface) + b"\n\n"
+    ending = b"" if not after or after.endswith(b"\n") else b"\n"
+    return ending + error_body(error, surface) + b"\n"

@@ -56,7 +56,8 @@ class NdjsonUsage:
         return b""
 
     def _inspect(self, line: bytes) -> None:
-        if b"eval_count" not in line:
+        # The last frame has the counts, or (a model load: `"done_reason":"load"`) none at all.
+        if b"eval_count" not in line and b"done_reason" not in line:
             return
         try:
             frame = _decode_frame(line)

@@ -114,6 +114,24 @@ async def test_a_backend_dying_mid_stream_ends_the_stream_honestly_and_trips_its
         assert await breaker(client) == "closed"
 
 
+async def test_a_model_load_answer_is_a_whole_answer_not_a_backend_failure(
+    env: dict[str, str], serve_app: Callable[[Any], str], database_url: str
+) -> None:
+    # Ollama answers a chat with no messages by loading the model: one frame, no counts.
+    add_backend(database_url, "gpu", serve_app(Simulator(SimConfig())))
+    key, _ = sql_key(database_url, "acme", "app")
+    url = serve_app(Gateway(load_settings({**env, "BREAKER_FAILURES": "1"})))
+    async with httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(key)) as client:
+        for _ in range(3):
+            body = {"model": "llama3.2:1b", "messages": [], "stream": True}
+            resp = await client.post("/api/chat", json=body)
+            assert resp.status_code == 200
+            frames = [msgspec.json.decode(line) for line in resp.text.splitlines()]
+            assert [(f["done"], f["done_reason"]) for f in frames] == [(True, "load")]
+        status = (await client.get("/readyz")).json()["checks"]["backends"]["gpu"]["breaker"]
+        assert (status["state"], status["failures"]) == ("closed", 0)
+
+
 async def test_a_tenant_with_a_full_queue_cannot_hold_back_another_tenants_request(
     env: dict[str, str], serve_app: Callable[[Any], str], database_url: str
 ) -> None:

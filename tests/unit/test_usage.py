@@ -42,3 +42,8 @@ def test_no_final_frame_means_no_usage() -> None:
 
 def test_a_token_that_mentions_eval_count_is_not_mistaken_for_counts() -> None:
     assert read([LINES[1] + b"\n"]) is None
+
+
+def test_a_model_load_frame_ends_the_answer_with_no_tokens() -> None:
+    load = b'{"model":"m","message":{"content":""},"done_reason":"load","done":true}'
+    assert read([load]) == Usage(0, 0)
