@@ -82,12 +82,15 @@ class Stack:
         """A gateway on the run's stores, with limits too high to refuse anything.
 
         in_flight raises what bounds the requests open at once in one process: its upstream
-        connections.
+        connections and its cap on requests served at once.
         """
         (port,) = free_ports(1)
         sized = {}
         if in_flight is not None:
-            sized = {"OLLAMA_MAX_CONNECTIONS": str(in_flight)}
+            sized = {
+                "OLLAMA_MAX_CONNECTIONS": str(in_flight),
+                "GATEWAY_MAX_CONCURRENT_REQUESTS": str(in_flight),
+            }
         env = {
             **self._base_env,
             **stores,

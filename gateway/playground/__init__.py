@@ -21,7 +21,7 @@ CSP = (
 )
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CSP),
-    (b"x-content-type-options", b"nosniff"),
+    # (nosniff comes with every answer, from Responder.start)
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
