@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from cyclopts import App, Parameter
 
 from gateway.cli_common import (
-    CliError,
     Json,
     cli_settings,
     key_id_of,
@@ -27,15 +26,19 @@ from gateway.cli_common import (
     with_cache,
     with_database,
 )
-from gateway.cli_quota import Scope
-from gateway.config import Settings
-from gateway.models import (
-    DISCOVERED_SUFFIX,
-    DiscoveredCache,
-    ModelAccess,
-    canonical_model,
-    effective_access,
+from gateway.cli_model_settings import (
+    allowing,
+    denying,
+    models_in_force,
+    names_or_all,
+    one_scope,
+    setting_of,
+    source_note,
+    unless_same,
+    whose,
 )
+from gateway.config import Settings
+from gateway.models import DISCOVERED_SUFFIX, DiscoveredCache, canonical_model
 from gateway.store import pg_keys, pg_tenants
 from gateway.store.pg import Database
 from gateway.store.pg_tenants import ModelsRow, ModelsUpdate
@@ -51,145 +54,9 @@ models = App(
     """,
 )
 
-Source = Literal["own", "tenant"]
-MAX_MODEL_NAME_CHARS = 256
 AllFlag = Annotated[bool, Parameter(name="--all", negative=(), help="Every model.")]
 
 _decode_discovered = msgspec.json.Decoder(DiscoveredCache).decode
-
-
-class ModelsSetting(msgspec.Struct, frozen=True):
-    """What a scope may use after a change: every discovered model, or the `allowed` ones."""
-
-    scope: Scope
-    tenant: str
-    key: str | None
-    allow_all: bool
-    source: Source
-    allowed: list[str]
-
-
-class ListedModel(msgspec.Struct, frozen=True):
-    name: str
-    discovered: bool | None  # None: the discovered set is unknown
-
-
-class ModelsInForce(msgspec.Struct, frozen=True):
-    """`models list`: the scope's models, each with whether a backend serves it right now."""
-
-    scope: Scope
-    tenant: str
-    key: str | None
-    allow_all: bool
-    source: Source
-    models: list[ListedModel]
-
-
-def model_names(names: tuple[str, ...]) -> list[str]:
-    """Canonical, deduplicated, sorted; exit 2 on a name no backend could serve."""
-    for name in names:
-        valid = (
-            0 < len(name) <= MAX_MODEL_NAME_CHARS
-            and name.isprintable()
-            and not any(char.isspace() for char in name)
-            and ":" not in (name[0], name[-1])  # an empty name or tag
-        )
-        if not valid:
-            raise CliError(
-                f"invalid model name {name!r}: use 1-{MAX_MODEL_NAME_CHARS} characters without "
-                "whitespace or control characters, as `name` or `name:tag`",
-                2,
-            )
-    return _canonical(names)
-
-
-def _canonical(names: Iterable[str]) -> list[str]:
-    return sorted({canonical_model(name) for name in names})
-
-
-def _access(row: ModelsRow) -> ModelAccess:
-    # A tenant's row has no key values, so this is the tenant's own setting.
-    return effective_access(
-        row.key_allow_all, row.key_allowed, row.tenant_allow_all, row.tenant_allowed
-    )
-
-
-def setting_of(settings: Settings, row: ModelsRow) -> ModelsSetting:
-    """The scope's models by the rules of `gateway.models.effective_access`."""
-    access = _access(row)
-    if row.key_id is None:
-        source: Source = "own"
-        scope: Scope = "tenant"
-        key = None
-    else:
-        own = row.key_allow_all if access.allow_all else row.key_allowed
-        source = "tenant" if own is None else "own"
-        scope = "key"
-        key = f"{settings.key_prefix}_{row.key_id}"
-    allowed = [] if access.allow_all else sorted(access.allowed)
-    return ModelsSetting(scope, row.tenant_name, key, access.allow_all, source, allowed)
-
-
-def _whose(shown: ModelsSetting | ModelsInForce) -> str:
-    return f"key {shown.key}" if shown.scope == "key" else f"tenant {shown.tenant}"
-
-
-def _from(shown: ModelsSetting | ModelsInForce) -> str:
-    if shown.scope == "tenant":
-        return ""
-    return " (own setting)" if shown.source == "own" else f" (inherited from tenant {shown.tenant})"
-
-
-def _stored(row: ModelsRow) -> tuple[bool | None, list[str] | None]:
-    """The scope's own two columns: the key's (None inherits) or the tenant's."""
-    if row.key_id is None:
-        return row.tenant_allow_all, row.tenant_allowed
-    return row.key_allow_all, row.key_allowed
-
-
-def _unless_same(row: ModelsRow, update: ModelsUpdate) -> ModelsUpdate | None:
-    return None if (update.allow_all, update.allowed) == _stored(row) else update
-
-
-def allowing(names: list[str] | None, row: ModelsRow) -> ModelsUpdate | None:
-    """`models allow`: every model (names None), or these added to the scope's own list."""
-    _, allowed = _stored(row)
-    if names is None:
-        return _unless_same(row, ModelsUpdate(True, allowed))
-    if _access(row).allow_all:
-        return None  # it may use them already
-    # A key's own list pins its own allow_all too: the list is the whole of its setting.
-    start = _canonical(allowed) if allowed is not None else []
-    return _unless_same(row, ModelsUpdate(False, sorted({*start, *names})))
-
-
-def denying(settings: Settings, names: list[str] | None, row: ModelsRow) -> ModelsUpdate | None:
-    """`models deny`: nothing at all (names None), or these removed from the scope's list."""
-    if names is None:
-        return _unless_same(row, ModelsUpdate(False, []))
-    if _access(row).allow_all:
-        shown = setting_of(settings, row)
-        raise CliError(
-            f"{_whose(shown)} is allowed all models{_from(shown)}; use `models deny --all` "
-            "first, then allow the ones it may use",
-            2,
-        )
-    _, allowed = _stored(row)
-    # A key that follows its tenant's list keeps the rest of it, as its own list.
-    start = _canonical(allowed if allowed is not None else row.tenant_allowed)
-    return _unless_same(row, ModelsUpdate(False, sorted(set(start) - set(names))))
-
-
-def _one_scope(tenant: str | None, key: str | None) -> None:
-    if (tenant is None) == (key is None):
-        raise CliError("give exactly one of --tenant NAME and --key PREFIX", 2)
-
-
-def _names_or_all(names: tuple[str, ...], all_models: bool) -> list[str] | None:
-    """The canonical names, or None for `--all`."""
-    if bool(names) == all_models:
-        raise CliError("give model names or --all, not both and not neither", 2)
-    return None if all_models else model_names(names)
 
 
 def _change(
@@ -252,7 +119,7 @@ def _show(
     for note in notes:
         print(note)
     what = "all models" if shown.allow_all else ", ".join(shown.allowed) or "no models"
-    print(f"models for {_whose(shown)}{_from(shown)}: {what}")
+    print(f"models for {whose(shown)}{source_note(shown)}: {what}")
 
 
 @models.command(name="allow")
@@ -278,14 +145,14 @@ def models_allow(
     key
         One key's setting: `gw_<id>` or the bare 12-character id.
     """
-    _one_scope(tenant, key)
-    chosen = _names_or_all(names, all_models)
+    one_scope(tenant, key)
+    chosen = names_or_all(names, all_models)
     settings = cli_settings()
     rows = _change(settings, tenant, key, partial(allowing, chosen))
     shown = setting_of(settings, rows[1])
     notes = []
     if chosen is not None and shown.allow_all:
-        notes.append(f"{_whose(shown)} may use all models already{_from(shown)}")
+        notes.append(f"{whose(shown)} may use all models already{source_note(shown)}")
     _show(settings, rows, json, notes)
 
 
@@ -312,8 +179,8 @@ def models_deny(
     key
         One key's setting: `gw_<id>` or the bare 12-character id.
     """
-    _one_scope(tenant, key)
-    chosen = _names_or_all(names, all_models)
+    one_scope(tenant, key)
+    chosen = names_or_all(names, all_models)
     settings = cli_settings()
     rows = _change(settings, tenant, key, partial(denying, settings, chosen))
     allowed_before = setting_of(settings, rows[0]).allowed
@@ -335,7 +202,7 @@ def models_inherit(*, key: str, json: Json = False) -> None:
         The key: `gw_<id>` or the bare 12-character id.
     """
     settings = cli_settings()
-    rows = _change(settings, None, key, partial(_unless_same, update=ModelsUpdate(None, None)))
+    rows = _change(settings, None, key, partial(unless_same, update=ModelsUpdate(None, None)))
     _show(settings, rows, json, [])
 
 
@@ -368,22 +235,6 @@ def discovered_models(settings: Settings) -> frozenset[str] | None:
     return frozenset(canonical_model(name) for name in shared.models)
 
 
-def models_in_force(
-    settings: Settings, row: ModelsRow, discovered: frozenset[str] | None
-) -> ModelsInForce:
-    setting = setting_of(settings, row)
-    if setting.allow_all:
-        listed = [ListedModel(name, True) for name in sorted(discovered or ())]
-    else:
-        listed = [
-            ListedModel(name, None if discovered is None else name in discovered)
-            for name in setting.allowed
-        ]
-    return ModelsInForce(
-        setting.scope, setting.tenant, setting.key, setting.allow_all, setting.source, listed
-    )
-
-
 @models.command(name="list")
 def models_list(*, tenant: str | None = None, key: str | None = None, json: Json = False) -> None:
     """Show the models a tenant or a key may use, and whether a backend serves each right now.
@@ -398,7 +249,7 @@ def models_list(*, tenant: str | None = None, key: str | None = None, json: Json
     key
         One key's setting, after inheriting its tenant's: `gw_<id>` or the bare 12-character id.
     """
-    _one_scope(tenant, key)
+    one_scope(tenant, key)
     settings = cli_settings()
     key_id = key_id_of(key, settings) if key is not None else None
     row = with_database(
@@ -411,7 +262,7 @@ def models_list(*, tenant: str | None = None, key: str | None = None, json: Json
     if json:
         print_json(shown)
         return
-    head = f"models for {_whose(shown)}{_from(shown)}:"
+    head = f"models for {whose(shown)}{source_note(shown)}:"
     if not shown.models:
         if not shown.allow_all:
             print(f"{head} no models")
