@@ -5,6 +5,7 @@ every built-in sampler gives its children the same answer (parent-based, or by t
 
 from __future__ import annotations
 
+# Trace and span ids are identifiers, not secrets: the SDK's own generator uses `random` too.
 import random
 import time
 
@@ -56,7 +57,7 @@ class Spans:
         remote = get_current_span(parent).get_span_context() if parent is not None else None
         if remote is None or not remote.is_valid:
             remote = None
-            trace_id = random.getrandbits(128) or 1
+            trace_id = random.getrandbits(128) or 1  # nosec B311
             flags = _RANDOM
         else:
             trace_id = remote.trace_id
@@ -68,7 +69,7 @@ class Spans:
             flags |= TraceFlags.SAMPLED
         context = SpanContext(
             trace_id,
-            random.getrandbits(64) or 1,
+            random.getrandbits(64) or 1,  # nosec B311
             is_remote=False,
             trace_flags=TraceFlags(flags),
             trace_state=result.trace_state,
@@ -85,7 +86,7 @@ class Spans:
         above = parent.context
         context = SpanContext(
             above.trace_id,
-            random.getrandbits(64) or 1,
+            random.getrandbits(64) or 1,  # nosec B311
             is_remote=False,
             trace_flags=above.trace_flags,
             trace_state=above.trace_state,
