@@ -261,11 +261,11 @@ async def _relay_reporting(
                 forward = usage.feed(chunk)
                 if forward:
                     await _pass_on(forward, responder, outcome)
-                    last = forward[-2:]
+                    last = forward
             tail = usage.finish()
             if tail:
                 await _pass_on(tail, responder, outcome)
-                last = tail[-2:]
+                last = tail
             outcome.usage = usage.usage
             if outcome.usage is None and routed.stream:
                 # A stream always ends with its counts; without them it was cut short.
