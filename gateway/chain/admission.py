@@ -95,7 +95,7 @@ class Admission:
             reserved_prompt_tokens + max_completion_tokens,
             *(-1 if budget is None else budget for budget in budgets),
         ]
-        redis_keys = [*keys[:6], *keys.counters]
+        redis_keys = [*keys[:6], *keys.counters, *keys.tpm_totals]
         ttls = periods.counter_ttls_s()
         decision = await self._decide(redis_keys, [*args, *_no_seeds(), *ttls])
         if decision.verdict == Verdict.COUNTERS_MISSING:
@@ -143,9 +143,10 @@ class Admission:
             principal.tenant_id, principal.key_id, grant.periods, prompt, completion
         )
         keys = grant.keys
+        tokens_and_leases = (keys.tpm_key, keys.tpm_tenant, keys.leases, keys.lease_tokens)
         try:
             await self._cache.settle(
-                [keys.tpm_key, keys.tpm_tenant, keys.leases, keys.lease_tokens, *keys.counters],
+                [*tokens_and_leases, *keys.counters, *keys.tpm_totals],
                 [grant.member, prompt + completion, *(int(b) for b in grant.budgeted)],
             )
         except ServiceUnavailable:

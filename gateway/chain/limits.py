@@ -83,6 +83,8 @@ class QuotaKeys(NamedTuple):
     leases: str
     lease_tokens: str
     counters: tuple[str, str, str, str, str, str]
+    # Each token window's running total and oldest second, beside its per-second buckets.
+    tpm_totals: tuple[str, str]
 
 
 def quota_keys(prefix: str, tenant_id: str, key_id: str, day: str, month: str) -> QuotaKeys:
@@ -103,6 +105,7 @@ def quota_keys(prefix: str, tenant_id: str, key_id: str, day: str, month: str) -
             f"{tenant}:used:m:{month}",
             f"{tenant}:used:total",
         ),
+        tpm_totals=(f"{key}:tpm:totals", f"{tenant}:tpm:totals"),
     )
 
 

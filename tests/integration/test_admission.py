@@ -107,6 +107,93 @@ async def test_a_burst_admits_exactly_the_rpm_and_the_window_slides(
         assert again.headers["x-ratelimit-remaining-requests"] == "59"
 
 
+def _token_windows(
+    redis_url: str, prefix: str, tenant_id: str, key_id: str
+) -> tuple[redis.Redis, list[tuple[str, str]]]:
+    """A client, and each token window's per-second buckets with its running totals."""
+    periods = periods_at(datetime.now(UTC))
+    keys = quota_keys(prefix, tenant_id, key_id, periods.day_tag, periods.month_tag)
+    windows = list(zip((keys.tpm_key, keys.tpm_tenant), keys.tpm_totals, strict=True))
+    return redis.Redis.from_url(redis_url), windows
+
+
+def age_token_windows(redis_url: str, prefix: str, tenant_id: str, key_id: str) -> None:
+    """Move every settled token a minute into the past: each per-second bucket, and the
+    window's note of its oldest second."""
+    client, windows = _token_windows(redis_url, prefix, tenant_id, key_id)
+    try:
+        for buckets, totals in windows:
+            fields = cast("dict[bytes, bytes]", client.hgetall(buckets))
+            client.delete(buckets)
+            if fields:
+                aged = {str(int(second) - 61): tokens for second, tokens in fields.items()}
+                client.hset(buckets, mapping=aged)  # type: ignore[arg-type] # a dict is a Mapping
+            oldest = client.hget(totals, "oldest")
+            if oldest is not None:
+                client.hset(totals, "oldest", int(cast("bytes", oldest)) - 61)
+    finally:
+        client.close()
+
+
+def tokens_used(response: httpx.Response) -> int:
+    answer = response.json()
+    return int(answer["prompt_eval_count"]) + int(answer["eval_count"])
+
+
+async def test_the_token_window_counts_settled_tokens_and_slides(
+    env: dict[str, str], redis_url: str, redis_prefix: str
+) -> None:
+    async with running_gateway(env) as (services, client):
+        key = await make_key(services, key_rpm=1000, key_tpm=100, tenant_tpm=100_000, **ROOMY)
+        used, answers = 0, []
+        while used < 100:
+            answer = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-ratelimit-limit-tokens"] == "100"
+            # What the window held when this request was admitted.
+            assert answer.headers["x-ratelimit-remaining-tokens"] == str(max(0, 100 - used))
+            used += tokens_used(answer)
+            answers.append(answer)
+        assert len(answers) > 1  # the window was filled by several answers, not one
+        refused = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+        assert refused.status_code == 429
+        assert refused.json() == {"error": "rate limit reached: tokens per minute for this key"}
+        assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        principal = await services.authenticator.authenticate([f"Bearer {key}".encode()])
+        age_token_windows(redis_url, redis_prefix, principal.tenant_id, principal.key_id)
+        again = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+        assert again.status_code == 200
+        assert again.headers["x-ratelimit-remaining-tokens"] == "100"
+
+
+async def test_a_token_window_without_its_running_total_is_summed_afresh(
+    env: dict[str, str], redis_url: str, redis_prefix: str
+) -> None:
+    """A window written by an earlier version (its per-second buckets, no totals) still counts
+    in full."""
+    async with running_gateway(env) as (services, client):
+        key = await make_key(services, key_rpm=1000, key_tpm=10_000, tenant_tpm=100_000, **ROOMY)
+        used = 0
+        for _ in range(3):
+            answer = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+            used += tokens_used(answer)
+        principal = await services.authenticator.authenticate([f"Bearer {key}".encode()])
+        redis_client, windows = _token_windows(
+            redis_url, redis_prefix, principal.tenant_id, principal.key_id
+        )
+        try:
+            for _, totals in windows:
+                redis_client.delete(totals)
+        finally:
+            redis_client.close()
+        answer = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+        assert answer.headers["x-ratelimit-remaining-tokens"] == str(10_000 - used)
+        used += tokens_used(answer)
+        answer = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+        assert answer.headers["x-ratelimit-remaining-tokens"] == str(10_000 - used)
+
+
 async def test_the_tenant_rpm_binds_all_its_keys_together(env: dict[str, str]) -> None:
     async with running_gateway(env) as (services, client):
         first = await make_key(

@@ -5,6 +5,7 @@
 -- KEYS  1 rpm (key)   2 rpm (tenant)   3 tpm (key)   4 tpm (tenant)
 --       5 leases (zset member -> expiry ms)   6 lease tokens (hash member -> reserved tokens)
 --       7..12 budget counters: key day, month, total, tenant day, month, total
+--       13 tpm totals (key)   14 tpm totals (tenant)
 -- ARGV  1 member "<key_id>:<unique>"   2 key_id
 --       3 rpm key   4 rpm tenant   5 tpm key   6 tpm tenant   7 in-flight key   8 in-flight tenant
 --       9 lease ttl ms   10 tokens to reserve
@@ -31,20 +32,34 @@ local function requests_in_window(key)
   return count, reset_ms
 end
 
--- Tokens per second bucket; 60 buckets make the minute slide one second at a time.
-local function tokens_in_window(key)
-  local buckets = redis.call('HGETALL', key)
-  local total, oldest, stale = 0, nil, {}
-  for i = 1, #buckets, 2 do
-    local second = tonumber(buckets[i])
-    if second <= now_s - 60 then
-      stale[#stale + 1] = buckets[i]
+-- Tokens per second bucket; 60 buckets make the minute slide one second at a time. A hash
+-- beside the buckets keeps their 'sum' and 'oldest' second, so an admission reads two fields,
+-- not sixty. The buckets are walked only when the oldest has aged out (about once a second
+-- under load) or 'oldest' is missing: a new window, or one an earlier version wrote.
+local function tokens_in_window(key, totals)
+  local kept = redis.call('HMGET', totals, 'sum', 'oldest')
+  local total, oldest = tonumber(kept[1]), tonumber(kept[2])
+  if total == nil or oldest == nil or oldest <= now_s - 60 then
+    local buckets = redis.call('HGETALL', key)
+    local stale = {}
+    total, oldest = 0, nil
+    for i = 1, #buckets, 2 do
+      local second = tonumber(buckets[i])
+      if second <= now_s - 60 then
+        stale[#stale + 1] = buckets[i]
+      else
+        total = total + tonumber(buckets[i + 1])
+        if oldest == nil or second < oldest then oldest = second end
+      end
+    end
+    if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+    if oldest == nil then
+      redis.call('DEL', totals)
     else
-      total = total + tonumber(buckets[i + 1])
-      if oldest == nil or second < oldest then oldest = second end
+      redis.call('HSET', totals, 'sum', total, 'oldest', oldest)
+      redis.call('EXPIRE', totals, 120)
     end
   end
-  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
   local reset_ms = 0
   if oldest ~= nil then reset_ms = (oldest + 60) * 1000 - now_ms end
   return total, reset_ms
@@ -71,8 +86,8 @@ end
 
 local rpm_key, rpm_key_reset = requests_in_window(KEYS[1])
 local rpm_tenant, rpm_tenant_reset = requests_in_window(KEYS[2])
-local tpm_key, tpm_key_reset = tokens_in_window(KEYS[3])
-local tpm_tenant, tpm_tenant_reset = tokens_in_window(KEYS[4])
+local tpm_key, tpm_key_reset = tokens_in_window(KEYS[3], KEYS[13])
+local tpm_tenant, tpm_tenant_reset = tokens_in_window(KEYS[4], KEYS[14])
 local rpm_key_limit, rpm_tenant_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tpm_key_limit, tpm_tenant_limit = tonumber(ARGV[5]), tonumber(ARGV[6])
 

@@ -3,6 +3,7 @@
 --
 -- KEYS  1 tpm (key)   2 tpm (tenant)   3 leases   4 lease tokens
 --       5..10 budget counters: key day, month, total, tenant day, month, total
+--       11 tpm totals (key)   12 tpm totals (tenant)
 -- ARGV  1 member   2 tokens used   3..8 "1" where that counter is budgeted
 
 local clock = redis.call('TIME')
@@ -14,6 +15,11 @@ if tokens > 0 then
   for i = 1, 2 do
     redis.call('HINCRBY', KEYS[i], now_s, tokens)
     redis.call('EXPIRE', KEYS[i], 120)
+    -- The running total admit.lua reads; it trusts it only beside 'oldest', which its rebuild
+    -- sets. A clock that stepped back may leave 'oldest' late: these tokens then count a little
+    -- longer than a minute, never shorter.
+    redis.call('HINCRBY', KEYS[10 + i], 'sum', tokens)
+    redis.call('EXPIRE', KEYS[10 + i], 120)
   end
   for i = 1, 6 do
     -- A missing counter is seeded from the durable ledger at the next admission;
