@@ -12,6 +12,7 @@ from typing import Protocol
 import anyio
 import msgspec
 
+from gateway.chain.answer import Answer
 from gateway.chain.route import Endpoint, Kind
 from gateway.chain.route import Protocol as WireProtocol
 from gateway.chain.values import Outcome, Routed
@@ -22,7 +23,6 @@ from gateway.errors import (
     InvalidRequest,
     ModelNotFound,
     ServiceUnavailable,
-    stream_error_frame,
 )
 from gateway.http import Receive, Request, Responder
 from gateway.telemetry import NoRequestTrace, RequestTrace, UpstreamTrace
@@ -31,7 +31,6 @@ from gateway.upstream.breaker import BreakerState
 from gateway.upstream.discovery import Discovery
 from gateway.upstream.show import StrippedShow
 from gateway.upstream.sse import JsonUsage, SseUsage
-from gateway.upstream.transcript import TRANSCRIPT_MAX_BYTES
 from gateway.upstream.usage import NdjsonUsage, Usage
 
 NDJSON = b"application/x-ndjson"
@@ -73,12 +72,6 @@ def upstream_status_error(status: int) -> GatewayError:
     if status in (429, 503):
         return ServiceUnavailable()
     return BadGateway()
-
-
-async def _pass_on(data: bytes, responder: Responder, outcome: Outcome) -> None:
-    await responder.chunk(data)
-    if outcome.transcript is not None:
-        outcome.transcript += data[: TRANSCRIPT_MAX_BYTES - len(outcome.transcript)]
 
 
 NO_TRACE: RequestTrace = NoRequestTrace()
@@ -250,9 +243,15 @@ async def _relay_reporting(
             raise error
         content_type, usage = _reader(attempt.endpoint, routed)
         headers = [(b"content-type", content_type), (b"cache-control", b"no-store")]
-        await responder.start(200, [*headers, *attempt.extra_headers])
+        answer = Answer(
+            responder,
+            outcome,
+            [*headers, *attempt.extra_headers],
+            request.surface,
+            whole=not routed.stream,
+        )
         outcome.status = 200
-        last = b""  # the end of what went out, so an error frame starts on a line of its own
+        await answer.open()
         try:
             async for chunk in upstream.chunks():
                 if outcome.ttfb_s is None:
@@ -260,12 +259,10 @@ async def _relay_reporting(
                     up.first_token()
                 forward = usage.feed(chunk)
                 if forward:
-                    await _pass_on(forward, responder, outcome)
-                    last = forward
+                    await answer.send(forward)
             tail = usage.finish()
             if tail:
-                await _pass_on(tail, responder, outcome)
-                last = tail
+                await answer.send(tail)
             outcome.usage = usage.usage
             if outcome.usage is None and routed.stream:
                 # A stream always ends with its counts; without them it was cut short.
@@ -273,14 +270,13 @@ async def _relay_reporting(
             if outcome.usage is not None:
                 up.usage(outcome.usage.prompt_tokens, outcome.usage.completion_tokens, None)
         except GatewayError as exc:
-            # Headers are gone already: the only honest signal left is a final error frame.
             report(False)
             up.failed(exc.code)
             outcome.error_code = exc.code
-            await responder.end(stream_error_frame(exc, request.surface, after=last))
+            await answer.fail(exc)
             return
         finally:
             # Also when the client left: what was generated until then is what is charged.
             outcome.completion_frames = usage.frames
         report(True)
-        await responder.end()
+        await answer.finish()

@@ -18,7 +18,8 @@ class SimConfig(msgspec.Struct, frozen=True):
     auth_header: str = "Authorization"  # the header that must carry required_token
     auth_scheme: str = "Bearer"  # before the token in that header; empty: the bare token
     fail_status: int | None = None  # every model endpoint answers this status, FAIL_MESSAGE
-    die_after_chunks: int | None = None  # streams drop the connection after this many tokens
+    # Streams drop the connection after this many tokens; whole answers halfway through.
+    die_after_chunks: int | None = None
 
     def __post_init__(self) -> None:
         if self.chunks < 0 or (self.die_after_chunks is not None and self.die_after_chunks < 0):
@@ -61,4 +62,4 @@ class SimStats(msgspec.Struct):
     streams_open: int = 0
     streams_finished: int = 0
     streams_cancelled: int = 0  # the client went away mid-stream
-    streams_crashed: int = 0  # dropped on purpose by die_after_chunks
+    streams_crashed: int = 0  # answers dropped on purpose by die_after_chunks, whole ones too

@@ -96,6 +96,13 @@ class Exchange:
         payload = b"" if self.method == "HEAD" else body
         await self._send({"type": "http.response.body", "body": payload, "more_body": False})
 
+    async def respond_cut(self, body: bytes) -> None:
+        """A 200 that promises all of `body` and sends the first half: the caller then crashes."""
+        start_headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+        await self._send({"type": "http.response.start", "status": 200, "headers": start_headers})
+        half = body[: len(body) // 2]
+        await self._send({"type": "http.response.body", "body": half, "more_body": True})
+
     async def error(self, status: int, message: str, headers: Headers = ()) -> None:
         if self.openai:
             kind = _OPENAI_ERROR_TYPES.get(status, "api_error")

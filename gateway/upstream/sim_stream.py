@@ -36,7 +36,13 @@ class Delivery:
         await pause_ms(self._config.ttft_ms)
         clock.first_token()
         await pause_ms(self._config.token_delay_ms * max(0, plan.eval_count - 1))
-        await exchange.respond(200, framer.whole(plan, clock.timings()))
+        body = framer.whole(plan, clock.timings())
+        if self._config.die_after_chunks is None:
+            await exchange.respond(200, body)
+            return
+        await exchange.respond_cut(body)
+        self._stats.streams_crashed += 1
+        raise SimulatedCrash("whole answer dropped halfway, as configured")
 
     async def _stream(self, exchange: Exchange, framer: Framer, plan: Plan, clock: Clock) -> None:
         await exchange.start_stream(framer.media_type)

@@ -251,6 +251,23 @@ async def test_a_backend_dying_mid_stream_ends_with_an_error_frame(
     assert not any(line.get("done") for line in lines)
 
 
+async def test_a_backend_dying_mid_whole_answer_is_a_clean_502_not_half_a_body(
+    env: dict[str, str],
+    serve_app: Callable[[Any], str],
+    start_simulator: Callable[..., AbstractContextManager[str]],
+    key: str,
+) -> None:
+    whole = {**CHAT, "stream": False}
+    with start_simulator(chunks=6, die_after_chunks=2) as dying:
+        url = serve_app(Gateway(load_settings({**env, "OLLAMA_URL": dying})))
+        async with httpx.AsyncClient(base_url=url) as client:
+            ollama = await client.post("/api/chat", json=whole, headers=auth(key))
+            openai = await client.post("/v1/chat/completions", json=whole, headers=auth(key))
+    assert ollama.status_code == openai.status_code == 502
+    assert ollama.json() == {"error": "the model backend failed to answer"}
+    assert openai.json()["error"]["message"] == "the model backend failed to answer"
+
+
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     health = await client.get("/healthz")
     assert health.status_code == 200

@@ -293,6 +293,20 @@ async def test_die_after_more_chunks_than_the_answer_still_never_ends_it() -> No
     assert [json.loads(frame["body"])["done"] for frame in bodies(sent)] == [False, False]
 
 
+async def test_die_after_chunks_cuts_a_whole_answer_halfway() -> None:
+    sent: list[Message] = []
+    app = Simulator(SimConfig(chunks=5, die_after_chunks=2))
+    with pytest.raises(SimulatedCrash):
+        await drive(app, "/api/chat", {**CHAT, "stream": False}, sent)
+
+    (start,) = [message for message in sent if message["type"] == "http.response.start"]
+    promised = int(dict(start["headers"])[b"content-length"])
+    (frame,) = bodies(sent)
+    assert frame["more_body"], "a proper end would hide the crash"
+    assert 0 < len(frame["body"]) < promised
+    assert app.stats.streams_crashed == 1
+
+
 async def test_a_client_disconnect_stops_the_stream() -> None:
     app = Simulator(SimConfig(chunks=1000, token_delay_ms=1))
     sent: list[Message] = []
