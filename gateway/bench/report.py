@@ -102,7 +102,7 @@ def _runs_table(results: Results, *, stream: bool) -> list[str]:
         header += ["added TTFB p50", "added last byte p50"]
     else:
         header += ["p50", "p90", "p99", "added p50", "added p99"]
-    header += ["non-2xx", "errors", "generator CPU ms/req"]
+    header += ["non-2xx", "errors", "generator CPU ms/req", "Redis CPU ms/req"]
     rows = []
     for run in results.runs:
         if run.stream != stream:
@@ -119,6 +119,8 @@ def _runs_table(results: Results, *, stream: bool) -> list[str]:
             row += [_ms(lat.p50), _ms(lat.p90), _ms(lat.p99)]
             row += [_ms(extra.p50 if extra else None), _ms(extra.p99 if extra else None)]
         row += [str(run.load.non_2xx), str(run.load.errors), f"{run.generator_cpu_ms_per_req:.3f}"]
+        redis_ms = run.redis_cpu_ms_per_req
+        row.append("–" if redis_ms is None else f"{redis_ms:.3f}")
         rows.append(row)
     return _table(header, rows)
 
