@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import functools
 from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 
@@ -23,14 +23,8 @@ class Periods(NamedTuple):
     month: date
     seconds_to_next_day: int
     seconds_to_next_month: int
-
-    @property
-    def day_tag(self) -> str:
-        return self.day.strftime("%Y%m%d")
-
-    @property
-    def month_tag(self) -> str:
-        return self.month.strftime("%Y%m")
+    day_tag: str  # the day in counter names: 20261126
+    month_tag: str  # 202611
 
     def counter_ttls_s(self) -> tuple[int, int, int, int, int, int]:
         """How long Redis keeps each counter: past its period, so settles near the end land."""
@@ -50,6 +44,13 @@ class Periods(NamedTuple):
 
 def periods_at(moment: datetime) -> Periods:
     moment = moment.astimezone(UTC)
+    # Periods turn over on whole seconds, so a moment's periods are those of its second;
+    # every admission asks, and most of them in a second already asked.
+    return _periods_of_second(moment.replace(microsecond=0))
+
+
+@functools.lru_cache(maxsize=4)
+def _periods_of_second(moment: datetime) -> Periods:
     day = moment.date()
     month = day.replace(day=1)
     next_day = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
@@ -58,9 +59,12 @@ def periods_at(moment: datetime) -> Periods:
     return Periods(
         day=day,
         month=month,
-        # Rounded up: a client told to come back then finds the new period begun.
-        seconds_to_next_day=math.ceil((next_day - moment).total_seconds()),
-        seconds_to_next_month=math.ceil((next_month - moment).total_seconds()),
+        # Whole seconds: a moment later in this second rounds up to the same count, so a
+        # client told to come back then finds the new period begun.
+        seconds_to_next_day=int((next_day - moment).total_seconds()),
+        seconds_to_next_month=int((next_month - moment).total_seconds()),
+        day_tag=day.strftime("%Y%m%d"),
+        month_tag=month.strftime("%Y%m"),
     )
 
 

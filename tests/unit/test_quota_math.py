@@ -105,6 +105,8 @@ def test_periods_follow_the_utc_calendar(moment: datetime) -> None:
     assert periods.seconds_to_next_day <= periods.seconds_to_next_month <= 31 * 86_400
     assert periods.day_tag == moment.strftime("%Y%m%d")
     assert periods.month_tag == moment.strftime("%Y%m")
+    # Every moment of one second has the same periods: the start of the next is a whole second.
+    assert periods_at(moment.replace(microsecond=999_999)) == periods
     ttls = periods.counter_ttls_s()
     assert ttls[2] == ttls[5] == 0
     assert ttls[0] > periods.seconds_to_next_day
