@@ -51,6 +51,13 @@ def targets(results: Results) -> list[Target]:
                 "≤",
                 1.25,
             ),
+            # The full chain includes sampled telemetry; this run samples every request.
+            _bound(
+                f"{path}: CPU/request, gateway+otel ÷ pass-through, c={low}",
+                _ratio(cpu("gateway+otel", low), cpu("passthrough", low)),
+                "≤",
+                1.25,
+            ),
             _bound(
                 f"{path}: CPU/request growth, gateway c={high} ÷ c={low}",
                 _ratio(cpu("gateway", high), cpu("gateway", low)),

@@ -123,6 +123,7 @@ def results(gateway_cpu_at_32: float) -> Results:
         run("direct", 1, 0.2, 4000, 0.3, 1.0),
         run("passthrough", 1, 1.0, 900, 1.2, 3.0),
         run("gateway", 1, 1.2, 800, 1.1, 3.0),
+        run("gateway+otel", 1, 1.4, 700, 1.3, 3.5),
         run("direct", 8, 0.2, 4800, 1.0, 2.0),
         run("passthrough", 8, 1.1, 900, 8.0, 20.0),
         run("gateway", 8, 1.2, 850, 7.0, 8.0),
@@ -151,6 +152,7 @@ def test_added_latency_is_the_target_minus_direct_at_the_same_level() -> None:
 def test_targets_are_ratios_within_the_run_and_say_which_are_met() -> None:
     met = {t.name.split(": ", 1)[-1]: (t.value, t.met) for t in results(1.3).targets}
     assert met["CPU/request, gateway ÷ pass-through, c=1"] == (1.2, True)
+    assert met["CPU/request, gateway+otel ÷ pass-through, c=1"] == (1.4, False)
     assert met["CPU/request growth, gateway c=32 ÷ c=1"] == (1.083, True)
     assert met["added p50 at c=1 (ms)"] == (0.8, True)
     assert met["added p99 at c=8 (ms)"] == (6.0, False)
@@ -173,7 +175,7 @@ def test_the_repeats_of_a_load_give_their_medians_and_their_counts_summed() -> N
 def test_the_markdown_names_the_machine_and_every_run(tmp_path: Path) -> None:
     table = markdown(results(1.3))
     assert "cpu, 2 cores" in table
-    assert table.count("| /api/chat | ") == 11
+    assert table.count("| /api/chat | ") == 12  # one row per run, gateway+otel included
     assert "80.0 kB per stream" in table
     doc = tmp_path / "PERFORMANCE.md"
     doc.write_text(f"# Performance\n\nmethod\n\n{BEGIN}\nold numbers\n{END}\n\nhow to rerun\n")
