@@ -46,8 +46,6 @@ class Answer:
             await self._responder.start(200, self._headers)
 
     async def send(self, data: bytes) -> None:
-        if self._outcome.transcript is not None:
-            self._outcome.transcript += data[: TRANSCRIPT_MAX_BYTES - len(self._outcome.transcript)]
         if self._held is not None:
             self._held.append(data)
             self._held_bytes += len(data)
@@ -55,6 +53,7 @@ class Answer:
                 return
             data, self._held = b"".join(self._held), None
             await self._responder.start(200, self._headers)
+        self._record(data)
         await self._responder.chunk(data)
         self._last = data
 
@@ -63,9 +62,16 @@ class Answer:
             await self._responder.end()
             return
         body = b"".join(self._held)
+        self._record(body)
         self._headers.append((b"content-length", str(len(body)).encode("ascii")))
         await self._responder.start(200, self._headers)
         await self._responder.end(body)
+
+    def _record(self, data: bytes) -> None:
+        # The transcript holds what the client was sent: never a held answer that failed.
+        transcript = self._outcome.transcript
+        if transcript is not None:
+            transcript.extend(data[: TRANSCRIPT_MAX_BYTES - len(transcript)])
 
     async def fail(self, error: GatewayError) -> None:
         """The backend broke off. Before the status line the client gets a plain error status;

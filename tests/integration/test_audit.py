@@ -18,6 +18,7 @@ from gateway.config import load_settings
 from gateway.keys import generate_key
 from gateway.services import hasher_for
 from gateway.store.pg import Database
+from gateway.upstream.sim import SimConfig, Simulator
 from tests.integration.quota_support import FAST_ARGON2, bearer, run_sql
 
 pytestmark = pytest.mark.anyio
@@ -249,6 +250,23 @@ async def test_opted_in_keys_have_their_prompts_and_answers_logged(
     assert second[2]["messages"][0]["content"] == "a\ufffdb"
     assert second[3] == "".join(streamed) != ""
     assert first[4].days == 7
+
+
+async def test_a_whole_answer_that_broke_off_is_audited_as_a_502_with_no_answer_logged(
+    env: dict[str, str], serve_app: Callable[[Any], str], database_url: str
+) -> None:
+    logged, _ = sql_key(database_url, "acme", "logged", prompt_log=True)
+    dying = serve_app(Simulator(SimConfig(chunks=6, die_after_chunks=2)))
+    url = serve_app(Gateway(load_settings({**env, "OLLAMA_URL": dying})))
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        resp = await client.post(
+            "/api/chat", json={**CHAT, "stream": False}, headers={**bearer(logged), **rid(1)}
+        )
+    assert resp.status_code == 502
+    row = (await wait_for_rows(database_url, 1))["req-0001"]
+    assert (row.status, row.error_code, row.streamed) == (502, "backend_error", False)
+    # Half an answer was read from the backend, but none of it reached the client.
+    assert run_sql(database_url, "SELECT response FROM gateway.prompt_log") == []
 
 
 async def test_a_row_postgres_refuses_does_not_hold_back_the_others(database_url: str) -> None:
