@@ -85,23 +85,27 @@ class Exchange:
     async def respond(
         self, status: int, body: bytes, content_type: bytes = JSON, headers: Headers = ()
     ) -> None:
-        start_headers = [
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-            *headers,
-        ]
-        await self._send(
-            {"type": "http.response.start", "status": status, "headers": start_headers}
-        )
+        await self._start_sized(status, len(body), content_type, headers)
         payload = b"" if self.method == "HEAD" else body
         await self._send({"type": "http.response.body", "body": payload, "more_body": False})
 
     async def respond_cut(self, body: bytes) -> None:
         """A 200 that promises all of `body` and sends the first half: the caller then crashes."""
-        start_headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
-        await self._send({"type": "http.response.start", "status": 200, "headers": start_headers})
+        await self._start_sized(200, len(body), JSON, ())
         half = body[: len(body) // 2]
         await self._send({"type": "http.response.body", "body": half, "more_body": True})
+
+    async def _start_sized(
+        self, status: int, length: int, content_type: bytes, headers: Headers
+    ) -> None:
+        start_headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(length).encode()),
+            *headers,
+        ]
+        await self._send(
+            {"type": "http.response.start", "status": status, "headers": start_headers}
+        )
 
     async def error(self, status: int, message: str, headers: Headers = ()) -> None:
         if self.openai:
