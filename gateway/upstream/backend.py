@@ -6,12 +6,11 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 
-import aiohttp
 import anyio
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from gateway.errors import BadGateway, GatewayTimeout
+from gateway.upstream.transport import Transport
 
 # Read and thrown away, never shown: enough to let the connection be reused.
 _ERROR_BODY_LIMIT_BYTES = 64 * 1024
@@ -61,7 +60,7 @@ class Backend:
         self,
         name: str,
         base_url: str,
-        transport: AiohttpTransport,
+        transport: Transport,
         headers: list[tuple[bytes, bytes]],
         timeout_s: dict[str, float],
     ) -> None:
@@ -90,16 +89,8 @@ class Backend:
         headers = [(b"content-type", b"application/json")]
         if auth_header and auth_value:
             headers.append((auth_header.lower().encode("ascii"), auth_value.encode("latin-1")))
-
-        def session() -> aiohttp.ClientSession:
-            # No cookie jar: a backend's cookies must never ride along on another tenant's call.
-            return aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=max_connections),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-            )
-
-        transport = AiohttpTransport(client=session)
+        # Cookies are never stored and proxy variables never read: the transport knows neither.
+        transport = Transport(httpx.URL(base_url), max_connections=max_connections)
         timeout_s = {
             "connect": connect_timeout_s,
             "read": read_timeout_s,

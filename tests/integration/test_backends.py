@@ -72,8 +72,9 @@ async def test_each_model_goes_to_a_backend_that_hosts_it_and_fails_over_when_on
             )
             assert resp.status_code == 200
             assert "error" not in resp.json()
+        # Refused, not slow: a backend error, not a timeout.
         alone = await client.post("/api/chat", json=chat("alpha:1b"))
-        assert alone.status_code in (502, 504)
+        assert alone.status_code == 502
     assert logged(second).count("after") == 2
 
 
