@@ -56,10 +56,10 @@ class Connection(asyncio.Protocol):
 
     async def send(self, head: bytes, body: bytes, timeout_s: float | None) -> None:
         """Write the request; wait only while the socket's buffer is full."""
+        self._reset()
         transport = self._transport
         if self._lost or transport is None:
             raise httpx.WriteError("the backend closed the connection")
-        self._reset()
         self._active = True
         if body:
             transport.writelines((head, body))
@@ -182,6 +182,12 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # A second answer to one request: not a byte of it joins the first, and the
+            # connection is not trusted again.
+            raise httpx.RemoteProtocolError("the backend sent two answers to one request")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4

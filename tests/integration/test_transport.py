@@ -146,20 +146,25 @@ async def test_a_connection_the_backend_closed_while_idle_is_not_reused() -> Non
 
 
 async def test_bytes_nobody_asked_for_retire_the_connection() -> None:
-    async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def after(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(OK)
         await writer.drain()
         await asyncio.sleep(0.02)
-        writer.write(OK)  # a second answer to a question never asked
+        writer.write(OK)  # a second answer to a question never asked, while idle
+
+    async def along(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(OK + b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nextra!")
         await writer.drain()
 
-    async with serving(handle) as (backend, url):
-        transport = Transport(httpx.URL(url), max_connections=1)
-        await post(transport, url)
-        await asyncio.sleep(0.2)
-        assert (await post(transport, url)).content == b"{}"
-        await transport.aclose()
-    assert backend.connections == 2
+    for handler in (after, along):
+        async with serving(handler) as (backend, url):
+            transport = Transport(httpx.URL(url), max_connections=1)
+            first = await post(transport, url)
+            await asyncio.sleep(0.2)
+            second = await post(transport, url)
+            await transport.aclose()
+        assert first.content == second.content == b"{}"
+        assert backend.connections == 2
 
 
 async def test_an_answer_without_a_body_by_its_status_is_complete() -> None:
