@@ -59,10 +59,14 @@ class Pool:
             waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
-                remaining_s = None if deadline_s is None else max(deadline_s - loop.time(), 0)
-                await asyncio.wait_for(waiter, remaining_s)
+                async with asyncio.timeout_at(deadline_s):
+                    await waiter
             except TimeoutError:
                 raise httpx.PoolTimeout("no connection to the backend came free") from None
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, then cancelled: the turn passes to the next
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)

@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from gateway.upstream.connection import MAX_HEAD_BYTES, READ_HIGH_WATER_BYTES
-from gateway.upstream.transport import Transport
+from gateway.upstream.transport import Pool, Transport
 
 pytestmark = pytest.mark.anyio
 
@@ -313,6 +313,26 @@ async def test_the_pool_bound_makes_a_request_wait_for_a_connection() -> None:
         assert (await second).content == b"abcd"
         await transport.aclose()
     assert backend.connections == 1
+
+
+async def test_a_request_cancelled_as_its_turn_came_passes_the_turn_on() -> None:
+    async with serving(answer(OK)) as (_, url):
+        port = httpx.URL(url).port
+        assert port is not None
+        pool = Pool("127.0.0.1", port, None, max_connections=1)
+        held = await pool.acquire(fresh=False, pool_timeout_s=2, connect_timeout_s=2)
+        turns = [
+            asyncio.ensure_future(pool.acquire(fresh=False, pool_timeout_s=2, connect_timeout_s=2))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.05)
+        pool.release(held)  # wakes the first in line...
+        turns[0].cancel()  # ...which is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await turns[0]
+        connection = await asyncio.wait_for(turns[1], 0.5)
+        pool.release(connection)
+        pool.close()
 
 
 async def test_closing_an_unfinished_body_drops_the_connection() -> None:
