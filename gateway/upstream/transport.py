@@ -168,7 +168,7 @@ class Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout_s: dict[str, float | None] = request.extensions.get("timeout", {})
-        head = _request_head(request)
+        head = request_head(request)
         body = request.content
         fresh = False
         while True:
@@ -199,7 +199,7 @@ class Transport(httpx.AsyncBaseTransport):
         self._pool.close()
 
 
-def _request_head(request: httpx.Request) -> bytes:
+def request_head(request: httpx.Request) -> bytes:
     """The request line and headers. httpx has set Host and Content-Length; a header that could
     split the request (CR, LF or NUL in it) is refused, whoever built it."""
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
