@@ -1,7 +1,7 @@
 """An httpx transport for one backend: a bounded pool of keep-alive HTTP/1.1 connections.
 
 The httpx API stays (`httpx.Request` in, `httpx.Response` out, httpx's exceptions); the wire is
-ours: asyncio protocols and llhttp, a third of the CPU of the aiohttp stack it replaced. Each
+ours: asyncio protocols and llhttp, about half the CPU of the aiohttp stack it replaced. Each
 request's `timeout` extension (connect, read, write, pool; seconds) bounds its waits.
 """
 
