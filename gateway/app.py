@@ -127,7 +127,7 @@ class Gateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, self._request_id_header, proxies=self._proxies)
-        responder = Responder(send, self._request_id_header, request.request_id)
+        responder = Responder(send, self._request_id_header, request)
         services = self.services
         if _header_bytes(request) > self.settings.max_header_bytes:
             # Hypercorn bounds a head still arriving; one that came whole in a read is ours.

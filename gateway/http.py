@@ -34,6 +34,7 @@ class Request:
     """What the chain needs to know about one HTTP request; built once from the ASGI scope."""
 
     __slots__ = (
+        "body_pending",
         "client_host",
         "client_ip",
         "headers",
@@ -64,6 +65,8 @@ class Request:
             if incoming is not None and _WELL_FORMED_ID.match(incoming)
             else uuid.uuid4().hex
         )
+        # An HTTP/1 body not read to its end yet (HTTP/2 frames each request apart).
+        self.body_pending: bool = scope.get("http_version") != "2" and _declares_body(self.headers)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (`name` in lower case), or None."""
@@ -74,6 +77,13 @@ class Request:
 
     def header_values(self, name: bytes) -> list[bytes]:
         return [value for key, value in self.headers if key == name]
+
+
+def _declares_body(headers: Headers) -> bool:
+    for name, value in headers:
+        if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+            return True
+    return False
 
 
 async def read_body(
@@ -112,6 +122,7 @@ async def _read_body(request: Request, receive: Receive, max_bytes: int) -> byte
             raise PayloadTooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
+            request.body_pending = False
             return b"".join(chunks)
 
 
@@ -122,18 +133,22 @@ class ClientDisconnected(Exception):
 class Responder:
     """Sends one response; remembers whether the status line went out so errors pick their form."""
 
-    __slots__ = ("_send", "ended", "request_id", "request_id_header", "started", "status")
+    __slots__ = ("_request", "_send", "ended", "request_id_header", "started", "status")
 
-    def __init__(self, send: Send, request_id_header: bytes, request_id: str) -> None:
+    def __init__(self, send: Send, request_id_header: bytes, request: Request) -> None:
         self._send = send
         self.request_id_header = request_id_header
-        self.request_id = request_id
+        self._request = request
         self.started = False
         self.ended = False
         self.status = 0
 
     async def start(self, status: int, headers: Headers) -> None:
-        headers.append((self.request_id_header, self.request_id.encode("ascii")))
+        headers.append((self.request_id_header, self._request.request_id.encode("ascii")))
+        if self._request.body_pending:
+            # Answered before its body was read (a refusal): the server drops the connection
+            # after this answer, so the client must know not to send another on it.
+            headers.append((b"connection", b"close"))
         # Every answer is JSON, NDJSON or SSE: no browser may sniff it into something runnable.
         headers.append((b"x-content-type-options", b"nosniff"))
         # Answers are per key (quotas, models, completions): no shared or private cache keeps one.

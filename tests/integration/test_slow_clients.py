@@ -102,6 +102,28 @@ async def _post_head(stream: SocketStream, key: str, length: int) -> None:
     )
 
 
+async def test_a_refusal_sent_before_the_body_arrived_says_the_connection_closes(
+    env: dict[str, str],
+) -> None:
+    """The server drops such a connection after the answer; a client that was not told would
+    send its next request into a closing socket (and see it fail unanswered)."""
+    key = create_key(env)
+    with serve_gateway(load_settings(env)) as port, anyio.fail_after(30):
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await _post_head(stream, "gw_" + "Z" * 12 + key[15:], 1000)  # refused at auth
+            refused = await read_until_closed(stream)
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            listing = b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer "
+            answers = []
+            for _ in range(2):  # no body to read: the connection carries on
+                await stream.send(listing + key.encode() + b"\r\n\r\n")
+                answers.append(await read_response(stream))
+    assert status_of(refused) == 401
+    assert headers_of(refused)[b"connection"] == b"close"
+    assert [status_of(answer) for answer in answers] == [200, 200]
+    assert all(b"connection" not in headers_of(answer) for answer in answers)
+
+
 async def test_a_body_trickled_past_its_deadline_gets_408_and_the_connection_closes(
     env: dict[str, str],
 ) -> None:

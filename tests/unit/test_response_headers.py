@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import load_settings
 from gateway.errors import RateLimited, Surface
-from gateway.http import Message, Responder
+from gateway.http import Message, Request, Responder
 from gateway.server import gateway_config
 
 pytestmark = pytest.mark.anyio
@@ -17,6 +17,10 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def _request() -> Request:
+    return Request({"method": "GET", "path": "/v1/models", "headers": []}, b"x-request-id")
 
 
 class _Sent:
@@ -34,7 +38,7 @@ class _Sent:
 async def test_whole_answers_errors_and_streams_carry_nosniff_and_no_store() -> None:
     for answer in ("whole", "error", "stream"):
         sent = _Sent()
-        responder = Responder(sent, b"x-request-id", "abc")
+        responder = Responder(sent, b"x-request-id", _request())
         if answer == "whole":
             await responder.whole(200, b"{}")
         elif answer == "error":
@@ -50,7 +54,7 @@ async def test_whole_answers_errors_and_streams_carry_nosniff_and_no_store() -> 
 
 async def test_a_cache_control_already_set_is_kept() -> None:
     sent = _Sent()
-    responder = Responder(sent, b"x-request-id", "abc")
+    responder = Responder(sent, b"x-request-id", _request())
     await responder.start(200, [(b"cache-control", b"private, max-age=0")])
     assert [v for k, v in sent.headers() if k == b"cache-control"] == [b"private, max-age=0"]
 
