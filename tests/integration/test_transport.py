@@ -4,6 +4,8 @@ timeouts, broken and hostile answers, backpressure and TLS."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -288,6 +290,29 @@ async def test_a_refused_connection_is_a_connect_error_naming_its_cause() -> Non
     with pytest.raises(httpx.ConnectError) as caught:
         await post(transport, url)
     assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+
+
+async def test_a_backend_that_never_accepts_is_a_connect_timeout_and_frees_the_slot() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    # Linux drops the SYNs of a listener whose backlog is full: connecting hangs.
+    queued = [socket.socket() for _ in range(4)]
+    for sock in queued:
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", port))
+    url = f"http://127.0.0.1:{port}"
+    transport = Transport(httpx.URL(url), max_connections=1)
+    try:
+        for _ in range(2):  # the second is no PoolTimeout: the failed attempt gave its room back
+            with pytest.raises(httpx.ConnectTimeout):
+                await post(transport, url, connect=0.2, pool=0.2)
+    finally:
+        await transport.aclose()
+        for sock in (*queued, listener):
+            sock.close()
 
 
 async def test_the_pool_bound_makes_a_request_wait_for_a_connection() -> None:
