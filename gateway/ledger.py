@@ -24,6 +24,8 @@ class Ledger:
         self._flush_interval_s = flush_interval_s
         self._pending: dict[Slot, list[int]] = {}
         self._flushing: dict[Slot, list[int]] = {}
+        # One batch in flight at a time: `unflushed` counts it until it lands or comes back.
+        self._one_flush = anyio.Lock()
 
     def record(
         self, tenant_id: str, key_id: str, periods: Periods, prompt: int, completion: int
@@ -53,24 +55,27 @@ class Ledger:
         return tuple(sums)
 
     async def flush(self) -> None:
-        """Write everything recorded so far; on failure keep it for the next try."""
-        if not self._pending:
-            return
-        self._flushing, self._pending = self._pending, {}
-        rows = [
-            UsageRow(tenant, key, period, start, *counts)
-            for (tenant, key, period, start), counts in self._flushing.items()
-        ]
-        try:
-            await self._database.add_usage(rows)
-        except ServiceUnavailable:
-            for slot, counts in self._flushing.items():
-                kept = self._pending.setdefault(slot, [0, 0, 0])
-                for i, count in enumerate(counts):
-                    kept[i] += count
-            raise
-        finally:
-            self._flushing = {}
+        """Write everything recorded so far. A batch Postgres refuses, or whose write is
+        cancelled, comes back to be tried again: should its commit have landed after all, it is
+        counted twice, and a budget reached early beats one overspent."""
+        async with self._one_flush:
+            if not self._pending:
+                return
+            self._flushing, self._pending = self._pending, {}
+            rows = [
+                UsageRow(tenant, key, period, start, *counts)
+                for (tenant, key, period, start), counts in self._flushing.items()
+            ]
+            try:
+                await self._database.add_usage(rows)
+            except BaseException:
+                for slot, counts in self._flushing.items():
+                    kept = self._pending.setdefault(slot, [0, 0, 0])
+                    for i, count in enumerate(counts):
+                        kept[i] += count
+                raise
+            finally:
+                self._flushing = {}
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -80,7 +85,9 @@ class Ledger:
         try:
             while True:
                 await anyio.sleep(self._flush_interval_s)
-                await self._flush_logged()
+                # A shutdown lets a write in progress finish (within the database's deadline).
+                with anyio.CancelScope(shield=True):
+                    await self._flush_logged()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._flush_logged()

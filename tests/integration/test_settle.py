@@ -127,6 +127,25 @@ async def test_the_ledger_keeps_what_postgres_refused_and_counts_it_as_unflushed
     assert (usage.key_total, usage.tenant_total) == (15, 17)
 
 
+async def test_a_ledger_write_cancelled_midway_keeps_its_tokens(own_postgres: Any) -> None:
+    """A shutdown can cancel a flush while Postgres is writing it: the tokens must not vanish."""
+    periods = periods_at(datetime.now(UTC))
+    tenant = "00000000-0000-0000-0000-000000000001"
+    async with Database.open(own_postgres.url, pool_size=2, timeout_s=5) as database:
+        ledger = Ledger(database, flush_interval_s=60)
+        ledger.record(tenant, "keyAAAAAAAAA", periods, 10, 5)
+        async with database.transaction() as blocker:
+            # Holds the ledger's rows: the flush's write waits for this transaction.
+            await blocker.execute("LOCK TABLE gateway.usage_ledger IN EXCLUSIVE MODE")
+            with anyio.move_on_after(0.5) as waited:
+                await ledger.flush()
+            assert waited.cancelled_caught
+        assert ledger.unflushed(tenant, "keyAAAAAAAAA", periods) == (15, 15, 15, 15, 15, 15)
+        await ledger.flush()
+        usage = await database.usage_now(tenant, "keyAAAAAAAAA", periods.day, periods.month)
+    assert (usage.key_total, usage.tenant_total) == (15, 15)
+
+
 async def test_a_limits_change_reaches_the_cached_principal(env: dict[str, str]) -> None:
     async with running_gateway(env) as (services, client):
         key = await make_key(services, key_rpm=1000, tenant_rpm=1000)
