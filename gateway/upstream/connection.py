@@ -66,20 +66,14 @@ class Connection(asyncio.Protocol):
         else:
             transport.write(head)
         while self._write_paused and not self._lost:
-            try:
-                await self._wait(timeout_s)
-            except TimeoutError:
-                raise httpx.WriteTimeout("writing to the backend timed out") from None
+            await self._wait(timeout_s, httpx.WriteTimeout, "writing to the backend timed out")
 
     async def head(self, timeout_s: float | None) -> tuple[int, list[tuple[bytes, bytes]]]:
         """The answer's status and headers."""
         while not self._head_done:
             if self._error is not None:
                 raise self._error
-            try:
-                await self._wait(timeout_s)
-            except TimeoutError:
-                raise httpx.ReadTimeout("the backend did not answer in time") from None
+            await self._wait(timeout_s, httpx.ReadTimeout, "the backend did not answer in time")
         return self._status, self._headers
 
     async def chunk(self, timeout_s: float | None) -> bytes | None:
@@ -89,10 +83,7 @@ class Connection(asyncio.Protocol):
                 return None
             if self._error is not None:
                 raise self._error
-            try:
-                await self._wait(timeout_s)
-            except TimeoutError:
-                raise httpx.ReadTimeout("the backend went silent") from None
+            await self._wait(timeout_s, httpx.ReadTimeout, "the backend went silent")
         chunk = self._chunks.popleft()
         self._buffered_bytes -= len(chunk)
         if self._reading_paused and self._buffered_bytes <= READ_HIGH_WATER_BYTES // 4:
@@ -117,12 +108,16 @@ class Connection(asyncio.Protocol):
         """The exchange is over (the pool keeps or closes the connection)."""
         self._active = False
 
-    async def _wait(self, timeout_s: float | None) -> None:
-        """Until the socket has news; TimeoutError after timeout_s."""
+    async def _wait(
+        self, timeout_s: float | None, expired: type[httpx.TimeoutException], why: str
+    ) -> None:
+        """Until the socket has news; `expired(why)` when none comes within timeout_s."""
         waiter = self._waiter = self._loop.create_future()
         timer = None if timeout_s is None else self._loop.call_later(timeout_s, _expire, waiter)
         try:
             await waiter
+        except TimeoutError:
+            raise expired(why) from None
         finally:
             self._waiter = None
             if timer is not None:
