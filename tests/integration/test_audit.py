@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,11 +83,14 @@ def sql_key(database_url: str, tenant: str, name: str, **columns: Any) -> tuple[
     return issued.full_key, issued.key_id
 
 
-async def wait_for_rows(database_url: str, count: int, timeout_s: float = 15) -> dict[str, Row]:
+async def wait_for_rows(
+    database_url: str, count: int, timeout_s: float = 15, *, including: Collection[str] = ()
+) -> dict[str, Row]:
     deadline = time.monotonic() + timeout_s
     while True:
         rows = audit_rows(database_url)
-        if len(rows) >= count or time.monotonic() > deadline:
+        landed = len(rows) >= count and all(r in rows for r in including)
+        if landed or time.monotonic() > deadline:
             return rows
         await anyio.sleep(0.1)
 
