@@ -261,6 +261,15 @@ class RedisServer:
             self.stop()
         raise DevServiceError(f"redis-server did not start:\n{_log_tail(self.log_file)}")
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it keeps its connections and answers nothing."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL); a no-op when it is not running."""
         process, self._process = self._process, None

@@ -14,6 +14,7 @@ import redis
 
 from gateway.chain.budget import periods_at
 from gateway.chain.limits import quota_keys
+from gateway.chain.values import Outcome
 from tests.integration.quota_support import (
     CHAT,
     bearer,
@@ -173,6 +174,33 @@ async def test_redis_down_means_503_for_every_request_and_recovery_without_resta
                 await client.post("/api/chat", json=CHAT, headers=bearer(key))
             ).status_code != 200:
                 await anyio.sleep(0.2)
+
+
+async def test_a_redis_that_stops_answering_is_a_503_once_its_deadline_passes(
+    env: dict[str, str], own_redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_gateway({**env, "REDIS_URL": own_redis.url, "REDIS_TIMEOUT_S": "1"}) as (
+        services,
+        client,
+    ):
+        key = await make_key(services, **ROOMY)
+        assert (await client.post("/api/chat", json=CHAT, headers=bearer(key))).status_code == 200
+        principal = await services.authenticator.authenticate([f"Bearer {key}".encode()])
+        grant = await services.admission.admit(principal, 10, 10)
+        own_redis.pause()  # connections stay open; nothing comes back on them
+        try:
+            # Bounds far above REDIS_TIMEOUT_S: they catch a call that waits for ever.
+            with anyio.fail_after(15):
+                down = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+            assert down.status_code == 503
+            # A settle runs shielded from cancellation: its own deadline still ends it.
+            with anyio.CancelScope(shield=True), anyio.fail_after(15):
+                await services.admission.settle(grant, Outcome())
+            assert f"settle skipped: Redis unavailable (request {grant.member})" in caplog.text
+        finally:
+            own_redis.resume()
+        again = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+        assert again.status_code == 200
 
 
 async def test_postgres_down_keeps_cached_keys_working_and_refuses_unknown_ones(
