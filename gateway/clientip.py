@@ -1,4 +1,4 @@
-"""Pure: the client IP of a request, which is the socket peer unless a trusted proxy vouches for
+"""The client IP of a request, which is the socket peer unless a trusted proxy vouches for
 another address in `X-Forwarded-For`, and the bucket the auth-failure throttle counts it in.
 """
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -13,6 +14,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 # IPv6 hands a single host a whole /64, so that is the unit one client can be held to.
 _IPV6_SUBJECT_PREFIX = 64
+# Peers remembered per gateway process; past this the memo starts again, so a scan of many
+# addresses costs parsing, never memory.
+PEER_MEMO_SIZE = 4096
 
 
 def _plain(address: Address) -> Address:
@@ -33,10 +37,16 @@ def _plain_network(network: Network) -> Network:
     return network
 
 
+class Peer(NamedTuple):
+    address: Address
+    text: str  # the address as audit rows and the throttle write it
+    trusted: bool  # a trusted proxy: its X-Forwarded-For is believed
+
+
 class TrustedProxies:
     """The proxies whose `X-Forwarded-For` is believed; parsed once, checked per request."""
 
-    __slots__ = ("_addresses", "_networks")
+    __slots__ = ("_addresses", "_networks", "_peers")
 
     def __init__(self, entries: Iterable[str]) -> None:
         """Addresses and CIDR networks, IPv4 or IPv6; `ValueError` names an entry that is not."""
@@ -54,6 +64,8 @@ class TrustedProxies:
                 networks.append(network)
         self._addresses = frozenset(addresses)
         self._networks = tuple(networks)
+        # A connection's peer comes back with each of its requests: parsed and judged once.
+        self._peers: dict[str, Peer | None] = {}
 
     def __bool__(self) -> bool:
         return bool(self._addresses or self._networks)
@@ -61,6 +73,24 @@ class TrustedProxies:
     def trusts(self, address: Address) -> bool:
         # Containment across IP versions is simply False, so no version check is needed.
         return address in self._addresses or any(address in net for net in self._networks)
+
+    def peer(self, text: str) -> Peer | None:
+        """A socket peer as the server gave it, parsed and judged; None when it is no address."""
+        try:
+            return self._peers[text]
+        except KeyError:
+            pass
+        try:
+            # The peer comes from the server, never from a header: only its zone is dropped.
+            address = _plain(ipaddress.ip_address(text))
+        except ValueError:
+            peer = None
+        else:
+            peer = Peer(address, str(address), self.trusts(address))
+        if len(self._peers) >= PEER_MEMO_SIZE:
+            self._peers.clear()
+        self._peers[text] = peer
+        return peer
 
 
 def parse_hop(text: bytes | str) -> Address | None:
@@ -108,15 +138,12 @@ def decide_client_ip(
     nothing, so the walk stops at the last trusted address seen, as it does when every hop
     is trusted. Only a trusted peer's header is read, so no one else can choose their address.
     """
-    try:
-        # The peer comes from the server, never from a header: only its zone is dropped.
-        nearest = _plain(ipaddress.ip_address(peer)) if peer else None
-    except ValueError:
+    known = proxies.peer(peer) if peer else None
+    if known is None:
         return None
-    if nearest is None:
-        return None
-    if not proxies.trusts(nearest):
-        return str(nearest)
+    if not known.trusted:
+        return known.text
+    nearest = known.address
     for raw in _hops_nearest_first(forwarded_for):
         hop = parse_hop(raw)
         if hop is None:

@@ -27,7 +27,6 @@ Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
 _WELL_FORMED_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-_NO_PROXIES = TrustedProxies(())
 
 
 class Request:
@@ -45,9 +44,7 @@ class Request:
         "surface",
     )
 
-    def __init__(
-        self, scope: Scope, request_id_header: bytes, *, proxies: TrustedProxies = _NO_PROXIES
-    ) -> None:
+    def __init__(self, scope: Scope, request_id_header: bytes, *, proxies: TrustedProxies) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")

@@ -11,7 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.clientip import (
+    PEER_MEMO_SIZE,
     Address,
+    Peer,
     TrustedProxies,
     decide_client_ip,
     parse_hop,
@@ -159,6 +161,31 @@ def test_examples() -> None:
     assert decide_client_ip("/run/gw.sock", [b"203.0.113.9"], PROXIES) is None
     # Nobody trusted: the header is never read.
     assert decide_client_ip("127.0.0.1", [b"203.0.113.9"], TrustedProxies([])) == "127.0.0.1"
+
+
+peer_texts = st.one_of(
+    st.ip_addresses().map(str),
+    st.sampled_from(["", "unix", "fe80::1%eth0", "::ffff:10.1.2.3", "10.0.0.1:80"]),
+)
+
+
+@given(peers=st.lists(peer_texts, min_size=1, max_size=30), data=st.data())
+def test_a_remembered_peer_is_judged_as_a_fresh_one_would_be(
+    peers: list[str], data: st.DataObject
+) -> None:
+    remembering = TrustedProxies(["10.0.0.0/8", "::1"])
+    for peer in peers + peers:  # the second pass is answered from the memo
+        values = data.draw(st.lists(any_hop, max_size=3).map(lambda hops: [b",".join(hops)]))
+        fresh = TrustedProxies(["10.0.0.0/8", "::1"])
+        assert decide_client_ip(peer, values, remembering) == decide_client_ip(peer, values, fresh)
+
+
+def test_the_peer_memo_is_bounded() -> None:
+    proxies = TrustedProxies([])
+    for n in range(PEER_MEMO_SIZE + 10):
+        assert proxies.peer(str(ipaddress.IPv4Address(n))) is not None
+    assert len(proxies._peers) <= PEER_MEMO_SIZE
+    assert proxies.peer("0.0.0.7") == Peer(ipaddress.IPv4Address(7), "0.0.0.7", False)
 
 
 def test_hops_as_proxies_write_them() -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gateway.clientip import TrustedProxies
 from gateway.config import load_settings
 from gateway.errors import RateLimited, Surface
 from gateway.http import Message, Request, Responder
@@ -20,7 +21,8 @@ def anyio_backend() -> str:
 
 
 def _request() -> Request:
-    return Request({"method": "GET", "path": "/v1/models", "headers": []}, b"x-request-id")
+    scope = {"method": "GET", "path": "/v1/models", "headers": []}
+    return Request(scope, b"x-request-id", proxies=TrustedProxies(()))
 
 
 class _Sent:
