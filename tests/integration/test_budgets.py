@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
@@ -15,6 +15,7 @@ import redis
 from gateway.chain.budget import periods_at
 from gateway.chain.limits import quota_keys
 from gateway.chain.values import Outcome
+from gateway.services import Services
 from tests.integration.quota_support import (
     CHAT,
     bearer,
@@ -152,15 +153,24 @@ async def test_a_redis_restart_keeps_every_budget(
     assert periods.day.day >= 1
 
 
-async def test_redis_down_means_503_for_every_request_and_recovery_without_restart(
+@asynccontextmanager
+async def on_own_redis(
     env: dict[str, str], own_redis: Any
-) -> None:
+) -> AsyncIterator[tuple[Services, httpx.AsyncClient, str]]:
+    """A gateway on the test's own Redis (1 s deadline), and a key it has served and cached."""
     async with running_gateway({**env, "REDIS_URL": own_redis.url, "REDIS_TIMEOUT_S": "1"}) as (
         services,
         client,
     ):
         key = await make_key(services, **ROOMY)
         assert (await client.post("/api/chat", json=CHAT, headers=bearer(key))).status_code == 200
+        yield services, client, key
+
+
+async def test_redis_down_means_503_for_every_request_and_recovery_without_restart(
+    env: dict[str, str], own_redis: Any
+) -> None:
+    async with on_own_redis(env, own_redis) as (_, client, key):
         own_redis.stop()
         # The key is in this process's cache: auth needs no Redis, admission still does.
         for _ in range(3):
@@ -179,12 +189,7 @@ async def test_redis_down_means_503_for_every_request_and_recovery_without_resta
 async def test_a_redis_that_stops_answering_is_a_503_once_its_deadline_passes(
     env: dict[str, str], own_redis: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running_gateway({**env, "REDIS_URL": own_redis.url, "REDIS_TIMEOUT_S": "1"}) as (
-        services,
-        client,
-    ):
-        key = await make_key(services, **ROOMY)
-        assert (await client.post("/api/chat", json=CHAT, headers=bearer(key))).status_code == 200
+    async with on_own_redis(env, own_redis) as (services, client, key):
         principal = await services.authenticator.authenticate([f"Bearer {key}".encode()])
         grant = await services.admission.admit(principal, 10, 10)
         own_redis.pause()  # connections stay open; nothing comes back on them
