@@ -108,6 +108,17 @@ async def post(transport: Transport, url: str, **timeouts: float) -> httpx.Respo
     return response
 
 
+async def posts_apart(url: str) -> tuple[httpx.Response, httpx.Response]:
+    """Two requests on a one-connection transport, 0.2 s apart: the backend acts in between."""
+    transport = Transport(httpx.URL(url), max_connections=1)
+    try:
+        first = await post(transport, url)
+        await asyncio.sleep(0.2)
+        return first, await post(transport, url)
+    finally:
+        await transport.aclose()
+
+
 async def test_answers_come_back_whole_over_one_kept_alive_connection() -> None:
     chunked = (
         b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{"a\r\n4\r\n":1}\r\n0\r\n\r\n'
@@ -138,11 +149,7 @@ async def test_a_connection_the_backend_closed_while_idle_is_not_reused() -> Non
         writer.close()  # an idle timeout on the backend's side
 
     async with serving(handle) as (backend, url):
-        transport = Transport(httpx.URL(url), max_connections=1)
-        first = await post(transport, url)
-        await asyncio.sleep(0.2)
-        second = await post(transport, url)
-        await transport.aclose()
+        first, second = await posts_apart(url)
     assert first.status_code == second.status_code == 200
     assert backend.connections == 2
 
@@ -160,11 +167,7 @@ async def test_bytes_nobody_asked_for_retire_the_connection() -> None:
 
     for handler in (after, along):
         async with serving(handler) as (backend, url):
-            transport = Transport(httpx.URL(url), max_connections=1)
-            first = await post(transport, url)
-            await asyncio.sleep(0.2)
-            second = await post(transport, url)
-            await transport.aclose()
+            first, second = await posts_apart(url)
         assert first.content == second.content == b"{}"
         assert backend.connections == 2
 
