@@ -75,7 +75,7 @@ class IdleStreams(msgspec.Struct, frozen=True):
 
 
 class Telemetry(msgspec.Struct, frozen=True):
-    status: str  # "measured" or "not available"
+    status: str  # "measured" or "not measured"
     reason: str = ""
     sink_requests: int = 0
 

@@ -1,12 +1,11 @@
 """One bench run from start to end: stores, servers, the loads, and everything stopped after.
 
-The steps follow issue 8: whole answers at each concurrency, streams, idle streams, and the
-gateway again with telemetry exporting (reported "not available" until the gateway has it).
+The steps follow issue 8: whole answers at each concurrency (the gateway with telemetry exporting
+among the targets), streams, and idle streams.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import secrets
@@ -27,8 +26,6 @@ from gateway.bench.procs import say
 from gateway.bench.stack import Stack
 from gateway.bench.stores import bench_database, bench_redis, provision
 from gateway.bench.wrk import find_wrk, wrk_version
-
-TELEMETRY_MODULE = "gateway.telemetry"
 
 
 class Options(msgspec.Struct, frozen=True):
@@ -140,10 +137,22 @@ def run(options: Options) -> Results:
             "passthrough": stack.passthrough(sim[1]),
             "gateway": stack.gateway("gateway", stores, sim[1]),
         }
-        targets = scenarios.as_targets(servers, key, ["gateway"])
-        for stream, concurrencies in (
-            (False, settings.concurrencies),
-            (True, settings.stream_concurrencies),
+        # The gateway exporting telemetry runs beside the others, not after them: its ratio to
+        # the pass-through is only worth something when both ran in the same minutes.
+        sink_url = stack.sink()[1] if options.telemetry else None
+        exporting = (
+            {"gateway+otel": stack.gateway("gateway-otel", stores, sim[1], sink_url=sink_url)}
+            if sink_url
+            else {}
+        )
+        gateways = ["gateway", *exporting]
+        for stream, concurrencies, targets in (
+            (
+                False,
+                settings.concurrencies,
+                scenarios.as_targets(servers | exporting, key, gateways),
+            ),
+            (True, settings.stream_concurrencies, scenarios.as_targets(servers, key, gateways)),
         ):
             say(f"{'streamed' if stream else 'whole'} answers, concurrency {concurrencies}")
             # The pools and caches are warm after the first round; streams need a check only.
@@ -157,8 +166,9 @@ def run(options: Options) -> Results:
                 stream=stream,
                 redis_url=redis_url,
             )
-        servers["gateway"][0].stop()
-        results.telemetry = telemetry(options, stack, stores, sim[1], key, generator, results)
+        results.telemetry = telemetry(sink_url)
+        for server, _ in (servers["gateway"], *exporting.values()):
+            server.stop()
         if settings.idle_streams:
             say(f"idle streams: {settings.idle_streams} slow streams through a fresh gateway")
             slow = stack.simulator("slow-simulator", chunks=4, ttft_ms=(options.hold_s + 60) * 1000)
@@ -175,37 +185,12 @@ def run(options: Options) -> Results:
     return results
 
 
-def telemetry(
-    options: Options,
-    stack: Stack,
-    stores: dict[str, str],
-    upstream: str,
-    key: str,
-    generator: Generator,
-    results: Results,
-) -> Telemetry:
-    """The gateway again, exporting to a local OTLP sink; its runs are named gateway+otel."""
-    if not options.telemetry:
+def telemetry(sink_url: str | None) -> Telemetry:
+    """What the OTLP sink took in from the gateway+otel runs."""
+    if sink_url is None:
         return Telemetry("not measured", reason="--no-telemetry")
-    if importlib.util.find_spec(TELEMETRY_MODULE) is None:
-        return Telemetry("not available", reason=f"the gateway has no {TELEMETRY_MODULE} yet")
-    _, sink_url = stack.sink()
-    server = stack.gateway("gateway-otel", stores, upstream, sink_url=sink_url)
-    targets = scenarios.as_targets({"gateway+otel": server}, key, ["gateway+otel"])
-    scenarios.warm_up(generator, targets, options.warmup_s, stream=False)
-    settings = options.settings
-    results.runs += scenarios.matrix(
-        generator,
-        targets,
-        settings.concurrencies,
-        duration_s=settings.duration_s,
-        repeat=settings.repeat,
-        stream=False,
-        redis_url=stores["REDIS_URL"],
-    )
     time.sleep(2.0)  # one more export interval, so the last batch lands
     exports = _sink_exports(sink_url)
-    server[0].stop()
     if exports == 0:
         return Telemetry("measured", reason="the sink received no export", sink_requests=0)
     return Telemetry("measured", sink_requests=exports)

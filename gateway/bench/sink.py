@@ -15,6 +15,8 @@ OTLP_PATHS = ("/v1/traces", "/v1/metrics", "/v1/logs")
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Sink
+    # Keep-alive, as a collector does: a new connection per export would bill the gateway for it.
+    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

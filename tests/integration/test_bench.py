@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import sys
@@ -132,11 +133,25 @@ def test_the_otlp_sink_takes_exports_and_counts_them(tmp_path: Path) -> None:
         assert post(url + "/v1/traces", "spans")[0] == 200
         assert post(url + "/v1/metrics", "points")[0] == 200
         assert post(url + "/v1/nothing", "x")[0] == 404
+        # One connection for many exports, as a collector keeps it: a new one each would be
+        # billed to the gateway under test.
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        statuses, sockets = [], []
+        for _ in range(2):
+            connection.request("POST", "/v1/traces", body=b"spans")
+            answer = connection.getresponse()
+            answer.read()
+            statuses.append(answer.status)
+            sockets.append(connection.sock)
+        connection.close()
         with urllib.request.urlopen(url + "/stats", timeout=5) as answer:
             stats = json.loads(answer.read())
     finally:
         sink.stop()
-    assert stats["counts"] == {"/v1/traces": 1, "/v1/metrics": 1}
+    assert statuses == [200, 200]
+    assert sockets[0] is not None
+    assert sockets[0] is sockets[1]
+    assert stats["counts"] == {"/v1/traces": 3, "/v1/metrics": 1}
 
 
 def test_held_streams_are_open_upstream_and_cancelled_when_released(
