@@ -4,36 +4,54 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from gateway.telemetry import names as n
+from gateway.telemetry.histograms import Histogram
+from gateway.telemetry.spans import Attributes
 
 log = logging.getLogger(__name__)
 
 
-class Instruments:
-    """Every instrument of `names.INSTRUMENTS`; observed values come from registered functions."""
+class Recorder(Protocol):
+    def record(self, amount: float, attributes: Attributes | None = None) -> None: ...
 
-    def __init__(self, meter: Meter) -> None:
-        self.duration = meter.create_histogram(
-            n.REQUEST_DURATION.name,
-            n.REQUEST_DURATION.unit,
-            n.REQUEST_DURATION.description,
-            explicit_bucket_boundaries_advisory=n.DURATION_BUCKETS_S,
+
+HISTOGRAMS = (
+    (n.REQUEST_DURATION, n.DURATION_BUCKETS_S),
+    (n.TOKEN_USAGE, n.TOKEN_BUCKETS),
+    (n.TIME_TO_FIRST_TOKEN, n.TTFT_BUCKETS_S),
+)
+
+
+def own_histograms() -> list[Histogram]:
+    """The request path's histograms, aggregated by the gateway (`histograms.py`)."""
+    return [Histogram(instrument, boundaries) for instrument, boundaries in HISTOGRAMS]
+
+
+class Instruments:
+    """Every instrument of `names.INSTRUMENTS`; observed values come from registered functions.
+
+    The histograms are `own` when given (in the order of `HISTOGRAMS`), else the meter's.
+    """
+
+    def __init__(self, meter: Meter, own: list[Histogram] | None = None) -> None:
+        histograms: list[Recorder] = (
+            list(own)
+            if own
+            else [
+                meter.create_histogram(
+                    instrument.name,
+                    instrument.unit,
+                    instrument.description,
+                    explicit_bucket_boundaries_advisory=boundaries,
+                )
+                for instrument, boundaries in HISTOGRAMS
+            ]
         )
-        self.tokens = meter.create_histogram(
-            n.TOKEN_USAGE.name,
-            n.TOKEN_USAGE.unit,
-            n.TOKEN_USAGE.description,
-            explicit_bucket_boundaries_advisory=n.TOKEN_BUCKETS,
-        )
-        self.ttft = meter.create_histogram(
-            n.TIME_TO_FIRST_TOKEN.name,
-            n.TIME_TO_FIRST_TOKEN.unit,
-            n.TIME_TO_FIRST_TOKEN.description,
-            explicit_bucket_boundaries_advisory=n.TTFT_BUCKETS_S,
-        )
+        self.duration, self.tokens, self.ttft = histograms
         # Counted in a plain dict and observed at export: two SDK records per request saved.
         self.in_flight: dict[str, int] = {}
         meter.create_observable_up_down_counter(

@@ -22,7 +22,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from gateway import __version__
 from gateway.telemetry.api import Headers, NoTelemetry, Telemetry
-from gateway.telemetry.instruments import Instruments
+from gateway.telemetry.histograms import HistogramSet
+from gateway.telemetry.instruments import Instruments, own_histograms
 from gateway.telemetry.otel import OtelRequestTrace, start_request
 from gateway.telemetry.spans import Spans
 from gateway.telemetry.wire import FastSpanExporter
@@ -55,6 +56,8 @@ class OtelTelemetry:
     and the processor (flush, shutdown); the spans themselves are made by `Spans`, not its
     tracer (see `gateway.telemetry.spans`). `telemetry_from_env` exports with
     `FastSpanExporter`, the SDK's OTLP/HTTP exporter with a cheaper encoder.
+    The request path's histograms are the gateway's own (`histograms.py`), added to what the
+    reader collects, unless it asks for exponential buckets or the operator for exemplars.
     No span exporter: spans are not recorded, but trace context still flows to the backends.
     No metric reader: no meter provider at all.
     """
@@ -88,17 +91,19 @@ class OtelTelemetry:
         )
         self._meter_provider: MeterProvider | None = None
         if metric_reader is not None:
+            # The spans are never the current context, so trace-based exemplars would never be
+            # taken: skip the per-record check unless the operator asks for one.
+            exemplars = bool(os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER"))
             self._meter_provider = MeterProvider(
                 metric_readers=[metric_reader],
                 resource=resource,
                 shutdown_on_exit=False,
-                # The spans are never the current context, so trace-based exemplars would
-                # never be taken: skip the per-record check unless the operator asks for one.
-                exemplar_filter=None
-                if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER")
-                else AlwaysOffExemplarFilter(),
+                exemplar_filter=None if exemplars else AlwaysOffExemplarFilter(),
             )
-            self._instruments = Instruments(self._meter_provider.get_meter(SCOPE, __version__))
+            own = HistogramSet(own_histograms(), resource, InstrumentationScope(SCOPE, __version__))
+            attached = not exemplars and own.attach(metric_reader)
+            meter = self._meter_provider.get_meter(SCOPE, __version__)
+            self._instruments = Instruments(meter, list(own.histograms) if attached else None)
         else:
             self._instruments = Instruments(NoOpMeter(SCOPE))
         self._closed = False
