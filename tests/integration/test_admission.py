@@ -105,6 +105,33 @@ async def test_a_burst_admits_exactly_the_rpm_and_the_window_slides(
         again = await client.post("/api/chat", json=CHAT, headers=bearer(key))
         assert again.status_code == 200
         assert again.headers["x-ratelimit-remaining-requests"] == "59"
+        # The window had emptied: the request just admitted frees its slot in a minute.
+        assert again.headers["x-ratelimit-reset-requests"] == "1m0s"
+
+
+async def test_the_request_reset_says_when_the_next_slot_frees(
+    env: dict[str, str], redis_url: str, redis_prefix: str
+) -> None:
+    async with running_gateway(env) as (services, client):
+        key = await make_key(services, key_rpm=3, **ROOMY)
+        first = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+        # Its own slot, the window's only one, frees a minute from now (not "0ms": now).
+        assert first.headers["x-ratelimit-reset-requests"] == "1m0s"
+        principal = await services.authenticator.authenticate([f"Bearer {key}".encode()])
+        periods = periods_at(datetime.now(UTC))
+        keys = quota_keys(
+            redis_prefix, principal.tenant_id, principal.key_id, periods.day_tag, periods.month_tag
+        )
+        client_redis = redis.Redis.from_url(redis_url)
+        try:
+            # The first request, 45 s old: the next slot frees when it ages out, 15 s from now.
+            ((member, score),) = client_redis.zrange(keys.rpm_key, 0, -1, withscores=True)
+            client_redis.zadd(keys.rpm_key, {member: score - 45_000})
+        finally:
+            client_redis.close()
+        second = await client.post("/api/chat", json=CHAT, headers=bearer(key))
+        assert second.headers["x-ratelimit-remaining-requests"] == "1"
+        assert second.headers["x-ratelimit-reset-requests"] in ("15s", "14s")
 
 
 def _token_windows(

@@ -96,7 +96,10 @@ local function reply(status, retry_ms, detail)
   if status == 0 then taken = 1 end
   local rpm_left = math.min(rpm_key_limit - rpm_key, rpm_tenant_limit - rpm_tenant) - taken
   local tpm_left = math.min(tpm_key_limit - tpm_key, tpm_tenant_limit - tpm_tenant)
-  return {status, retry_ms, rpm_key_limit, math.max(0, rpm_left), math.max(rpm_key_reset, 0),
+  local rpm_reset = math.max(rpm_key_reset, 0)
+  -- Admitted into an empty window, this request is its oldest: its slot frees in a minute.
+  if taken == 1 and rpm_key == 0 then rpm_reset = WINDOW_MS end
+  return {status, retry_ms, rpm_key_limit, math.max(0, rpm_left), rpm_reset,
           tpm_key_limit, math.max(0, tpm_left), math.max(tpm_key_reset, 0), detail}
 end
 
