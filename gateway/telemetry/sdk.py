@@ -93,7 +93,8 @@ class OtelTelemetry:
         if metric_reader is not None:
             # The spans are never the current context, so trace-based exemplars would never be
             # taken: skip the per-record check unless the operator asks for one.
-            exemplars = bool(os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER"))
+            asked = os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "").strip().lower()
+            exemplars = asked not in ("", "always_off")
             self._meter_provider = MeterProvider(
                 metric_readers=[metric_reader],
                 resource=resource,

@@ -254,8 +254,13 @@ def test_asking_for_exemplars_leaves_the_histograms_to_the_sdk(
     assert len(point.exemplars) == 1
 
 
-def test_the_request_path_records_into_the_gateways_own_histograms() -> None:
+@pytest.mark.parametrize("exemplar_filter", [None, "always_off"])
+def test_the_request_path_records_into_the_gateways_own_histograms(
+    exemplar_filter: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The points are the same either way (above); what differs is the cost of each record.
+    if exemplar_filter is not None:
+        monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", exemplar_filter)
     with rig() as held:
         instruments = held.telemetry._instruments
         for histogram in (instruments.duration, instruments.tokens, instruments.ttft):
