@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -37,9 +37,9 @@ class Instruments:
     The histograms are `own` when given (in the order of `HISTOGRAMS`), else the meter's.
     """
 
-    def __init__(self, meter: Meter, own: list[Histogram] | None = None) -> None:
-        histograms: list[Recorder] = (
-            list(own)
+    def __init__(self, meter: Meter, own: Sequence[Histogram] | None = None) -> None:
+        histograms: Sequence[Recorder] = (
+            own
             if own
             else [
                 meter.create_histogram(

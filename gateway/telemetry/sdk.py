@@ -104,7 +104,7 @@ class OtelTelemetry:
             own = HistogramSet(own_histograms(), resource, InstrumentationScope(SCOPE, __version__))
             attached = not exemplars and own.attach(metric_reader)
             meter = self._meter_provider.get_meter(SCOPE, __version__)
-            self._instruments = Instruments(meter, list(own.histograms) if attached else None)
+            self._instruments = Instruments(meter, own.histograms if attached else None)
         else:
             self._instruments = Instruments(NoOpMeter(SCOPE))
         self._closed = False
