@@ -14,6 +14,7 @@ from opentelemetry.sdk.metrics.export import (
     ExponentialHistogram,
     HistogramDataPoint,
     InMemoryMetricReader,
+    Metric,
     MetricsData,
 )
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
@@ -58,13 +59,35 @@ def sdk_points(recorded: list[tuple[float, dict[str, Any]]]) -> list[HistogramDa
     return points(reader.get_metrics_data())
 
 
+def metrics(data: MetricsData | None) -> list[Metric]:
+    """Every metric of an export, whatever its resource and scope."""
+    return [
+        metric
+        for resource in (data.resource_metrics if data else ())
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    ]
+
+
 def points(data: MetricsData | None) -> list[HistogramDataPoint]:
-    found: list[HistogramDataPoint] = []
-    for resource in data.resource_metrics if data else ():
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                found.extend(metric.data.data_points)
-    return found
+    return [point for metric in metrics(data) for point in metric.data.data_points]
+
+
+def only_point(metric: Metric | None) -> HistogramDataPoint:
+    assert metric is not None
+    (point,) = metric.data.data_points
+    return point
+
+
+def attached(*, counter: bool) -> tuple[InMemoryMetricReader, h.Histogram]:
+    """A reader of the SDK's (with one counter counted, if asked) that our histogram joins."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], resource=RESOURCE)
+    if counter:
+        provider.get_meter(SCOPE.name, SCOPE.version).create_counter("c").add(1)
+    histogram = h.Histogram(n.REQUEST_DURATION, BOUNDS)
+    assert h.HistogramSet([histogram], RESOURCE, SCOPE).attach(reader)
+    return reader, histogram
 
 
 def comparable(found: list[HistogramDataPoint]) -> list[tuple[Any, ...]]:
@@ -99,27 +122,23 @@ def test_a_delta_collection_holds_what_came_since_the_last_and_starts_where_it_e
     ours = h.Histogram(n.TOKEN_USAGE, n.TOKEN_BUCKETS)
     ours.record(10, {"a": 1})
     ours.record(20, {"a": 1})
-    first = ours.collect(1_000, DELTA)
+    early = only_point(ours.collect(1_000, DELTA))
     assert ours.collect(2_000, DELTA) is None  # nothing new
     ours.record(30, {"a": 1})
     third = ours.collect(3_000, DELTA)
-    assert first is not None
-    assert third is not None
-    (early,), (late,) = first.data.data_points, third.data.data_points
+    late = only_point(third)
     assert (early.count, early.sum, late.count, late.sum) == (2, 30, 1, 30)
     assert (late.start_time_unix_nano, late.time_unix_nano) == (2_000, 3_000)
+    assert third is not None
     assert third.data.aggregation_temporality is DELTA
 
 
 def test_a_cumulative_point_keeps_counting_and_is_not_changed_by_later_records() -> None:
     ours = h.Histogram(n.TOKEN_USAGE, n.TOKEN_BUCKETS)
     ours.record(10, {"a": 1})
-    first = ours.collect(1_000, CUMULATIVE)
+    early = only_point(ours.collect(1_000, CUMULATIVE))
     ours.record(5000, {"a": 1})
-    second = ours.collect(2_000, CUMULATIVE)
-    assert first is not None
-    assert second is not None
-    (early,), (late,) = first.data.data_points, second.data.data_points
+    late = only_point(ours.collect(2_000, CUMULATIVE))
     assert (early.count, early.max, late.count, late.max) == (1, 10, 2, 5000)
     assert early.start_time_unix_nano == late.start_time_unix_nano
 
@@ -144,12 +163,9 @@ def test_past_the_cardinality_limit_new_attribute_sets_share_the_overflow_point(
 
 
 def test_the_histograms_reach_a_reader_whose_sdk_side_collected_nothing() -> None:
-    reader = InMemoryMetricReader()
-    MeterProvider(metric_readers=[reader], resource=RESOURCE)
-    histograms = h.HistogramSet([h.Histogram(n.REQUEST_DURATION, BOUNDS)], RESOURCE, SCOPE)
-    assert histograms.attach(reader)
+    reader, histogram = attached(counter=False)
     assert reader.get_metrics_data() is None  # nothing recorded anywhere yet
-    histograms.histograms[0].record(0.3, {"a": "b"})
+    histogram.record(0.3, {"a": "b"})
     data = reader.get_metrics_data()
     assert data is not None
     ((resource, scope, metric),) = [
@@ -160,12 +176,8 @@ def test_the_histograms_reach_a_reader_whose_sdk_side_collected_nothing() -> Non
 
 
 def test_the_histograms_join_the_scope_of_the_sdks_metrics() -> None:
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader], resource=RESOURCE)
-    provider.get_meter(SCOPE.name, SCOPE.version).create_counter("c").add(1)
-    histograms = h.HistogramSet([h.Histogram(n.REQUEST_DURATION, BOUNDS)], RESOURCE, SCOPE)
-    assert histograms.attach(reader)
-    histograms.histograms[0].record(0.3)
+    reader, histogram = attached(counter=True)
+    histogram.record(0.3)
     data = reader.get_metrics_data()
     assert data is not None
     ((resource,),) = [data.resource_metrics]
@@ -175,16 +187,10 @@ def test_the_histograms_join_the_scope_of_the_sdks_metrics() -> None:
 
 
 def test_the_sdks_metrics_pass_alone_when_the_histograms_have_nothing() -> None:
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader], resource=RESOURCE)
-    provider.get_meter(SCOPE.name, SCOPE.version).create_counter("c").add(1)
-    histograms = h.HistogramSet([h.Histogram(n.REQUEST_DURATION, BOUNDS)], RESOURCE, SCOPE)
-    assert histograms.attach(reader)
+    reader, _ = attached(counter=True)
     data = reader.get_metrics_data()
     assert data is not None
-    assert [m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics] == [
-        "c"
-    ]
+    assert [metric.name for metric in metrics(data)] == ["c"]
 
 
 @pytest.fixture
@@ -202,10 +208,7 @@ def telemetry_with(request: pytest.FixtureRequest) -> Iterator[InMemoryMetricRea
 def duration_data(reader: InMemoryMetricReader) -> Any:
     data = reader.get_metrics_data()
     assert data is not None
-    (metric,) = [
-        m for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics
-        if m.name == n.REQUEST_DURATION.name
-    ]  # fmt: skip
+    (metric,) = [m for m in metrics(data) if m.name == n.REQUEST_DURATION.name]
     return metric.data
 
 
@@ -247,11 +250,8 @@ def test_asking_for_exemplars_leaves_the_histograms_to_the_sdk(
             trace.end(200)
         data = held.reader.get_metrics_data()
     assert data is not None
-    (point,) = [
-        p for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics
-        if m.name == n.REQUEST_DURATION.name for p in m.data.data_points
-    ]  # fmt: skip
-    assert len(point.exemplars) == 1
+    (metric,) = [m for m in metrics(data) if m.name == n.REQUEST_DURATION.name]
+    assert len(only_point(metric).exemplars) == 1
 
 
 @pytest.mark.parametrize("exemplar_filter", [None, "always_off"])
