@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -32,6 +33,11 @@ from gateway.telemetry import NoTelemetry, RequestTrace, Telemetry, telemetry_fr
 log = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
+
+# How long another thread may hold the GIL while the event loop waits for it: Python's default
+# is 5 ms. The telemetry export threads encode batches of spans in Python, and an event loop
+# kept waiting that long showed in the p99 (PERFORMANCE.md).
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class _Health(msgspec.Struct):
@@ -115,6 +121,7 @@ class Gateway:
                 # What start-up built lives as long as the worker: out of the collector's sight,
                 # so collections that requests trigger no longer walk it.
                 gc.freeze()
+                sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
                 await send({"type": "lifespan.startup.complete"})
                 started = True
                 await receive()  # lifespan.shutdown
