@@ -83,11 +83,9 @@ class OtelTelemetry:
             processor = BatchSpanProcessor(span_exporter)
             # The provider flushes and shuts it down; spans reach it from `Spans` directly.
             self._tracer_provider.add_span_processor(processor)
+        scope = InstrumentationScope(SCOPE, __version__)
         self._spans = Spans(
-            processor,
-            self._tracer_provider.sampler,
-            self._tracer_provider.resource,
-            InstrumentationScope(SCOPE, __version__),
+            processor, self._tracer_provider.sampler, self._tracer_provider.resource, scope
         )
         self._meter_provider: MeterProvider | None = None
         if metric_reader is not None:
@@ -101,7 +99,7 @@ class OtelTelemetry:
                 shutdown_on_exit=False,
                 exemplar_filter=None if exemplars else AlwaysOffExemplarFilter(),
             )
-            own = HistogramSet(own_histograms(), resource, InstrumentationScope(SCOPE, __version__))
+            own = HistogramSet(own_histograms(), resource, scope)
             attached = not exemplars and own.attach(metric_reader)
             meter = self._meter_provider.get_meter(SCOPE, __version__)
             self._instruments = Instruments(meter, own.histograms if attached else None)
