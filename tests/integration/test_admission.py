@@ -64,8 +64,10 @@ def by_status(responses: list[httpx.Response]) -> dict[int, int]:
     return counts
 
 
-def age_request_windows(redis_url: str, prefix: str, tenant_id: str, key_id: str) -> None:
-    """Move every recorded request a minute into the past, as if the minute had gone by."""
+def age_request_windows(
+    redis_url: str, prefix: str, tenant_id: str, key_id: str, by_ms: int = 61_000
+) -> None:
+    """Move every recorded request into the past (by default a minute: as if it had gone by)."""
     periods = periods_at(datetime.now(UTC))
     keys = quota_keys(prefix, tenant_id, key_id, periods.day_tag, periods.month_tag)
     client = redis.Redis.from_url(redis_url)
@@ -74,7 +76,7 @@ def age_request_windows(redis_url: str, prefix: str, tenant_id: str, key_id: str
             scored = cast(
                 "list[tuple[bytes, float]]", client.zrange(window, 0, -1, withscores=True)
             )
-            aged = {member: score - 61_000 for member, score in scored}
+            aged = {member: score - by_ms for member, score in scored}
             if aged:
                 client.zadd(window, aged)
     finally:
@@ -118,17 +120,10 @@ async def test_the_request_reset_says_when_the_next_slot_frees(
         # Its own slot, the window's only one, frees a minute from now (not "0ms": now).
         assert first.headers["x-ratelimit-reset-requests"] == "1m0s"
         principal = await services.authenticator.authenticate([f"Bearer {key}".encode()])
-        periods = periods_at(datetime.now(UTC))
-        keys = quota_keys(
-            redis_prefix, principal.tenant_id, principal.key_id, periods.day_tag, periods.month_tag
+        # The first request, 45 s old: the next slot frees when it ages out, 15 s from now.
+        age_request_windows(
+            redis_url, redis_prefix, principal.tenant_id, principal.key_id, by_ms=45_000
         )
-        client_redis = redis.Redis.from_url(redis_url)
-        try:
-            # The first request, 45 s old: the next slot frees when it ages out, 15 s from now.
-            ((member, score),) = client_redis.zrange(keys.rpm_key, 0, -1, withscores=True)
-            client_redis.zadd(keys.rpm_key, {member: score - 45_000})
-        finally:
-            client_redis.close()
         second = await client.post("/api/chat", json=CHAT, headers=bearer(key))
         assert second.headers["x-ratelimit-remaining-requests"] == "1"
         assert second.headers["x-ratelimit-reset-requests"] in ("15s", "14s")
