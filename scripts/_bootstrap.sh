@@ -4,7 +4,11 @@
 # pyproject.toml). Sets `repo` and `venv` ($GATEWAY_VENV, else .venv);
 # `bootstrap_venv <script name> [extra]` does the work. Every extra a script may ask for (test,
 # bench, docs, dev) is in the dev lock, so they all share one install.
-# Needs Python >= 3.11 (from $PYTHON or python3) and pip: no locking tool.
+# Needs Python >= 3.11 and pip: no locking tool. The interpreter is $PYTHON, else the
+# distribution's /usr/bin/python3 when it is new enough and can make a venv, else python3 from
+# PATH: distributions build CPython with profile-guided and link-time optimisation, a default
+# pyenv or source build does neither, and the gateway then takes about 13% more CPU per request
+# (docs/PERFORMANCE.md). So the tests and the bench run on what a deployment runs on.
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${GATEWAY_VENV:-$repo/.venv}"
@@ -13,10 +17,19 @@ python_ok() {
   "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 }
 
+default_python() {
+  local system=/usr/bin/python3
+  if [[ -x "$system" ]] && python_ok "$system" && "$system" -c 'import ensurepip, venv' 2>/dev/null; then
+    echo "$system"
+  else
+    echo python3
+  fi
+}
+
 bootstrap_venv() {
   local who="$1" extra="${2:-dev}" lock="$repo/requirements/dev.lock"
   if [[ ! -x "$venv/bin/python" ]]; then
-    local python="${PYTHON:-python3}"
+    local python="${PYTHON:-$(default_python)}"
     if ! command -v "$python" >/dev/null 2>&1; then
       echo "$who: '$python' not found; install Python >= 3.11 or set PYTHON" >&2
       exit 1
