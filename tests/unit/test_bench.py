@@ -157,6 +157,7 @@ def test_targets_are_ratios_within_the_run_and_say_which_are_met() -> None:
     assert met["added p50 at c=1 (ms)"] == (0.8, True)
     assert met["added p99 at c=8 (ms)"] == (6.0, False)
     assert met["req/s, gateway ÷ pass-through, c=32"] == (1.333, True)
+    assert met["req/s, gateway ÷ LiteLLM's 107 (issue 8), c=32"] == (7.477, False)
     assert met["streamed added TTFB p50 at c=1 (ms)"] == (0.5, True)
     assert met["gateway RSS per open idle stream (kB)"] == (80.0, True)
     grown = {t.name.split(": ", 1)[-1]: t.met for t in results(1.5).targets}
