@@ -8,7 +8,7 @@
 # distribution's /usr/bin/python3 when it is new enough and can make a venv, else python3 from
 # PATH: distributions build CPython with profile-guided and link-time optimisation, a default
 # pyenv or source build does neither, and the gateway then takes about 13% more CPU per request
-# (docs/PERFORMANCE.md). So the tests and the bench run on what a deployment runs on.
+# (docs/PERFORMANCE.md). The container's python image is built with both.
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${GATEWAY_VENV:-$repo/.venv}"
@@ -19,7 +19,8 @@ python_ok() {
 
 default_python() {
   local system=/usr/bin/python3
-  if [[ -x "$system" ]] && python_ok "$system" && "$system" -c 'import ensurepip, venv' 2>/dev/null; then
+  if [[ -x "$system" ]] && python_ok "$system" \
+    && "$system" -c 'import ensurepip, venv' 2>/dev/null; then
     echo "$system"
   else
     echo python3

@@ -204,9 +204,9 @@ class Cache:
         """EVALSHA past redis-py's per-command layers: the two scripts every request runs.
 
         Connections stay checked out between calls (`_IDLE_SHARE`): taking one from the pool,
-        with its lock and checks, costs more than half the CPU of the round trip itself. As the client
-        would, a connection error is retried once (the connection reconnects), and a script
-        Redis forgot (it restarted) is loaded and run again.
+        with its lock and checks, costs more than half the CPU of the round trip itself. As the
+        client would, a connection error is retried once (the connection reconnects), and a
+        script Redis forgot (it restarted) is loaded and run again.
         """
         packed = pack_command(["EVALSHA", script.sha, len(keys), *keys, *args])
         pool = self._client.connection_pool
