@@ -109,7 +109,10 @@ async def test_every_request_of_a_mixed_run_has_exactly_one_row(
     throttled, throttled_id = sql_key(database_url, "acme", "slow", rpm=5)
     expected: dict[str, tuple[int, str | None]] = {}  # request id → status, error code
     usage: dict[str, tuple[int, int]] = {}
-    with start_simulator(chunks=40, token_delay_ms=2) as sim_url:
+    # 40 tokens 8 ms apart: a client that leaves after the first line (kind 9) is gone long
+    # before the answer ends, even on a loaded machine. At 2 ms apart, a client delayed by 80 ms
+    # could find the whole answer written before it left, and its row rightly says complete.
+    with start_simulator(chunks=40, token_delay_ms=8) as sim_url:
         # A hundred bad keys from one address would trip the auth-failure throttle, which is
         # not what this run is about (tests/integration/test_auth_throttle.py is).
         no_throttle = {"AUTH_FAILURE_RATE_LIMIT_PER_IP_PER_MIN": "0"}
