@@ -4,31 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 import anyio
 import hiredis
 import redis.asyncio
 import redis.exceptions
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.credentials import UsernamePasswordCredentialProvider
 
 from gateway.chain.limits import quota_keys
 from gateway.errors import ServiceUnavailable
+from gateway.store.redis_link import Connect, ErrorReply, Link
 
 log = logging.getLogger(__name__)
 
 _LUA = files("gateway.store") / "lua"
 Arg = str | int
-# The per-request scripts keep between calls as many connections as they had in flight at once,
-# up to this share of REDIS_MAX_CONNECTIONS; other calls always find the rest of the pool. A
-# smaller cap costs CPU under load: at c=32, a cap of 4 took 4 to 18% more per request.
-_IDLE_SHARE = 0.5
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 
 class Attempt(NamedTuple):
@@ -57,7 +57,41 @@ def pack_command(parts: Sequence[Arg | bytes]) -> bytes:
     return packed
 
 
-_FAILURES = (redis.exceptions.RedisError, OSError, TimeoutError)
+_FAILURES = (redis.exceptions.RedisError, ErrorReply, OSError, TimeoutError)
+
+
+def _failed(kind: type[BaseException]) -> NoReturn:
+    # The type only: redis-py messages can carry the URL, and with it the password.
+    log.warning("Redis call failed: %s", kind.__name__)
+    raise ServiceUnavailable from None
+
+
+def link_endpoint(pool: redis.asyncio.ConnectionPool) -> tuple[Connect, tuple[bytes, ...]]:
+    """How the link connects: where to, and what it says first, read from redis-py's own
+    parse of the URL (host or socket path, TLS, credentials, database, client name)."""
+    template = pool.connection_class(**pool.connection_kwargs)
+    handshake: list[bytes] = []
+    provider = template.credential_provider
+    if provider is None and (template.username or template.password):
+        provider = UsernamePasswordCredentialProvider(template.username, template.password)
+    if provider is not None:
+        handshake.append(pack_command(["AUTH", *provider.get_credentials()]))
+    if template.db:
+        handshake.append(pack_command(["SELECT", template.db]))
+    if template.client_name:
+        handshake.append(pack_command(["CLIENT", "SETNAME", template.client_name]))
+
+    async def connect(protocol: Callable[[], _P]) -> _P:
+        loop = asyncio.get_running_loop()
+        if isinstance(template, UnixDomainSocketConnection):
+            _, wire = await loop.create_unix_connection(protocol, template.path)
+            return wire
+        assert isinstance(template, redis.asyncio.Connection)
+        tls = template.ssl_context.get() if isinstance(template, SSLConnection) else None
+        _, wire = await loop.create_connection(protocol, template.host, template.port, ssl=tls)
+        return wire
+
+    return connect, tuple(handshake)
 
 
 class _Call:
@@ -86,18 +120,19 @@ class _Call:
         except TimeoutError:
             kind = TimeoutError
         if kind is not None and issubclass(kind, _FAILURES):
-            # The type only: redis-py messages can carry the URL, and with it the password.
-            log.warning("Redis call failed: %s", kind.__name__)
-            raise ServiceUnavailable from None
+            _failed(kind)
 
 
 class Cache:
     """The shared cache of resolved keys, keyed so that one DEL evicts every form of a key."""
 
     def __init__(
-        self, client: redis.asyncio.Redis, prefix: str, timeout_s: float, *, idle_max: int = 0
+        self, client: redis.asyncio.Redis, link: Link, prefix: str, timeout_s: float
     ) -> None:
         self._client = client
+        # The per-request scripts share one connection, where each turn of the loop writes its
+        # calls at once; everything else goes through redis-py's pool.
+        self._link = link
         self._prefix = prefix
         self.timeout_s = timeout_s
         # Registered scripts run by EVALSHA and reload themselves after a Redis restart.
@@ -105,9 +140,6 @@ class Cache:
         self._settle = client.register_script((_LUA / "settle.lua").read_text())
         self._renew = client.register_script((_LUA / "renew.lua").read_text())
         self._auth_lookup = client.register_script((_LUA / "auth_lookup.lua").read_text())
-        # Connections kept by `_evalsha` between calls; the pool counts them as in use.
-        self._idle: list[Any] = []
-        self._idle_max = idle_max
 
     @classmethod
     @asynccontextmanager
@@ -129,10 +161,11 @@ class Cache:
             retry_on_error=[redis.exceptions.ConnectionError],
         )
         client = redis.asyncio.Redis.from_pool(pool)
+        link = Link(*link_endpoint(pool))
         try:
-            idle_max = int(max_connections * _IDLE_SHARE)
-            yield cls(client, prefix, timeout_s, idle_max=idle_max)
+            yield cls(client, link, prefix, timeout_s)
         finally:
+            link.close()
             with anyio.CancelScope(shield=True):
                 await client.aclose()
 
@@ -192,59 +225,31 @@ class Cache:
         return self._prefix
 
     async def admit(self, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
-        async with _Call(self.timeout_s):
-            reply = await self._evalsha(self._admit, keys, args)
+        reply = await self._script(self._admit, keys, args)
         return [int(value) for value in reply]
 
     async def settle(self, keys: Sequence[str], args: Sequence[Arg]) -> None:
-        async with _Call(self.timeout_s):
-            await self._evalsha(self._settle, keys, args)
+        await self._script(self._settle, keys, args)
 
-    async def _evalsha(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        """EVALSHA past redis-py's per-command layers: the two scripts every request runs.
+    async def _script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """EVALSHA over the shared link: the two scripts every request runs.
 
-        Connections stay checked out between calls (`_IDLE_SHARE`): taking one from the pool,
-        with its lock and checks, costs more than half the CPU of the round trip itself. As the
-        client would, a connection error is retried once (the connection reconnects), and a
-        script Redis forgot (it restarted) is loaded and run again.
+        A script Redis forgot (it restarted) is loaded and run again.
         """
         packed = pack_command(["EVALSHA", script.sha, len(keys), *keys, *args])
-        pool = self._client.connection_pool
-        if self._idle:
-            connection = self._idle.pop()
-        else:
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call] # redis-py leaves it unannotated
-        retried = loaded = kept = False
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            while True:
-                try:
-                    await connection.send_packed_command(packed)
-                    reply = await connection.read_response()
-                except redis.exceptions.NoScriptError:
-                    if loaded:
-                        raise
-                    loaded = True
-                    # On this connection: the pool may have no other to give (and waits for it).
-                    text = script.script
-                    source = text if isinstance(text, str) else bytes(text)
-                    await connection.send_packed_command(pack_command(["SCRIPT", "LOAD", source]))
-                    await connection.read_response()
-                    continue
-                except redis.exceptions.ConnectionError:
-                    # redis-py closed the socket; the next send opens a new one.
-                    if retried:
-                        raise
-                    retried = True
-                    continue
-                kept = True
-                return reply
-        finally:
-            if kept and len(self._idle) < self._idle_max:
-                self._idle.append(connection)
-            else:
-                # Even when the call was cancelled: a connection not released is lost to the pool.
-                with anyio.CancelScope(shield=True):
-                    await pool.release(connection)
+            try:
+                return await self._link.call(packed, deadline)
+            except ErrorReply as error:
+                if not str(error).startswith("NOSCRIPT"):
+                    raise
+            text = script.script
+            source = text if isinstance(text, str) else bytes(text)
+            await self._link.call(pack_command(["SCRIPT", "LOAD", source]), deadline)
+            return await self._link.call(packed, deadline)
+        except _FAILURES as error:
+            _failed(type(error))
 
     async def renew_leases(self, leases: dict[tuple[str, str], list[str]], ttl_ms: int) -> None:
         """Extend many leases in one round trip: {(leases key, tokens key): [members]}."""
