@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 import redis.asyncio
+import trustme
 import uvloop
 
-from gateway.devservices import RedisServer
+from gateway.devservices import RedisServer, free_port
 from gateway.store.redis import link_endpoint, pack_command
 from gateway.store.redis_link import ErrorReply, Link
 
@@ -67,15 +73,20 @@ async def test_calls_made_at_once_share_one_connection_and_each_gets_its_own_rep
         assert len(named) == 1
 
 
+@asynccontextmanager
+async def paused(url: str) -> AsyncIterator[tuple[Link, int]]:
+    """A link with a connection made, and the id of that connection; Redis then answers
+    nothing for 300 ms."""
+    async with link_to(url) as link, redis.asyncio.Redis.from_url(url) as admin:
+        first_id = await call(link, "CLIENT", "ID")
+        await admin.client_pause(300)
+        yield link, first_id
+
+
 async def test_a_cancelled_call_leaves_its_reply_behind_not_to_the_next(
     own_redis: RedisServer,
 ) -> None:
-    async with (
-        link_to(own_redis.url) as link,
-        redis.asyncio.Redis.from_url(own_redis.url) as admin,
-    ):
-        first_id = await call(link, "CLIENT", "ID")
-        await admin.client_pause(300)
+    async with paused(own_redis.url) as (link, first_id):
         with anyio.move_on_after(0.1) as scope:
             await call(link, "ECHO", "left")
         assert scope.cancelled_caught
@@ -88,12 +99,7 @@ async def test_a_cancelled_call_leaves_its_reply_behind_not_to_the_next(
 async def test_a_reply_later_than_its_deadline_closes_the_connection(
     own_redis: RedisServer,
 ) -> None:
-    async with (
-        link_to(own_redis.url) as link,
-        redis.asyncio.Redis.from_url(own_redis.url) as admin,
-    ):
-        first_id = await call(link, "CLIENT", "ID")
-        await admin.client_pause(300)
+    async with paused(own_redis.url) as (link, first_id):
         with pytest.raises(TimeoutError):
             await call(link, "ECHO", "late", timeout_s=0.1)
         assert await call(link, "CLIENT", "ID") != first_id
@@ -148,3 +154,53 @@ async def test_bytes_that_are_not_redis_replies_end_the_connection() -> None:
             with pytest.raises(ConnectionError):
                 await call(link, "PING")
         tg.cancel_scope.cancel()
+
+
+@contextlib.contextmanager
+def redis_serving(directory: Path, *options: str) -> Iterator[None]:
+    """A redis-server of this test's own with the given listening options, until it answers."""
+    program = shutil.which("redis-server")
+    assert program is not None
+    log = directory / "redis.log"
+    command = [program, "--bind", "127.0.0.1", "--save", "", "--dir", str(directory), *options]
+    with log.open("ab") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 10
+        while b"ready to accept connections" not in log.read_bytes().lower():
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        yield
+    finally:
+        server.terminate()
+        server.wait()
+
+
+async def test_a_unix_socket_url_is_served_over_that_socket(tmp_path: Path) -> None:
+    socket = tmp_path / "redis.sock"
+    with redis_serving(tmp_path, "--port", "0", "--unixsocket", str(socket)):
+        async with link_to(f"unix://{socket}?db=2") as link:
+            assert await call(link, "SET", "over", "socket") == b"OK"
+            assert b" db=2 " in await call(link, "CLIENT", "INFO")
+
+
+async def test_a_rediss_url_is_served_over_tls_and_checks_the_certificate(
+    tmp_path: Path,
+) -> None:
+    authority = trustme.CA()
+    authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        tmp_path / "server.pem"
+    )
+    authority.cert_pem.write_to_path(tmp_path / "ca.pem")
+    port = free_port()
+    tls = ("--tls-cert-file", "server.pem", "--tls-key-file", "server.pem")
+    options = ("--port", "0", "--tls-port", str(port), *tls, "--tls-auth-clients", "no")
+    with redis_serving(tmp_path, *options, "--tls-ca-cert-file", str(tmp_path / "ca.pem")):
+        url = f"rediss://127.0.0.1:{port}/0"
+        async with link_to(f"{url}?ssl_ca_certs={tmp_path / 'ca.pem'}") as link:
+            assert await call(link, "PING") == b"PONG"
+        # Against the system's authorities, which never signed it, the certificate is refused.
+        async with link_to(url) as link:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await call(link, "PING")
