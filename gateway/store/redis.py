@@ -130,8 +130,8 @@ class Cache:
         self, client: redis.asyncio.Redis, link: Link, prefix: str, timeout_s: float
     ) -> None:
         self._client = client
-        # The per-request scripts share one connection, where each turn of the loop writes its
-        # calls at once; everything else goes through redis-py's pool.
+        # The request path's calls share one connection, where each turn of the loop writes
+        # them at once; everything else goes through redis-py's pool.
         self._link = link
         self._prefix = prefix
         self.timeout_s = timeout_s
@@ -183,17 +183,21 @@ class Cache:
             return False
 
     async def get_principal(self, key_id: str, digest: bytes) -> bytes | None:
-        async with _Call(self.timeout_s):
-            value = await self._client.hget(self._key_entry(key_id), digest)
-            return value if isinstance(value, bytes) else None
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        try:
+            value = await self._link.call(
+                pack_command(["HGET", self._key_entry(key_id), digest]), deadline
+            )
+        except _FAILURES as error:
+            _failed(type(error))
+        return value if isinstance(value, bytes) else None
 
     async def lookup_principal(self, key_id: str, digest: bytes, attempt: Attempt) -> KeyLookup:
         """`get_principal` and the client's auth-failure window in one round trip: a miss is
         counted as an attempt, unless the window is full (then `retry_after_ms` is set)."""
         keys = [self._key_entry(key_id), self._attempts(attempt.subject)]
         args: list[Arg | bytes] = [digest, attempt.limit, attempt.window_ms, attempt.member]
-        async with _Call(self.timeout_s):
-            reply = await self._auth_lookup(keys=keys, args=args)
+        reply = await self._script(self._auth_lookup, keys, args)
         blob = reply[0]
         if isinstance(blob, bytes):
             return KeyLookup(blob, 0)
@@ -231,8 +235,10 @@ class Cache:
     async def settle(self, keys: Sequence[str], args: Sequence[Arg]) -> None:
         await self._script(self._settle, keys, args)
 
-    async def _script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        """EVALSHA over the shared link: the two scripts every request runs.
+    async def _script(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg | bytes]
+    ) -> Any:
+        """EVALSHA over the shared link: the scripts on the request's path.
 
         A script Redis forgot (it restarted) is loaded and run again.
         """
