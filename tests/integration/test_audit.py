@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import msgspec
 import pytest
@@ -17,7 +18,7 @@ from gateway.audit import AuditLog, AuditRow
 from gateway.config import load_settings
 from gateway.keys import generate_key
 from gateway.services import hasher_for
-from gateway.store.pg import Database
+from gateway.store.pg import COPY_ROWS_PER_TURN, Database
 from gateway.upstream.sim import SimConfig, Simulator
 from tests.integration.quota_support import FAST_ARGON2, bearer, run_sql
 
@@ -298,3 +299,45 @@ async def test_a_row_postgres_refuses_does_not_hold_back_the_others(database_url
     assert audit.dropped == 1
     assert audit.depth == 0
     assert run_sql(database_url, "SELECT count(*) FROM gateway.prompt_log")[0][0] == 0
+
+
+async def test_a_large_flush_lets_requests_run_while_it_formats_rows(database_url: str) -> None:
+    now = datetime.now(UTC)
+    row = AuditRow(now, "r", None, None, None, "POST", "/api/chat", "m", "default",
+                   200, None, 5, 1, 1.0, 2.0, False)  # fmt: skip
+    handed = 0
+
+    class Counted(list[tuple[Any, ...]]):
+        """Rows that count how many the writer has taken."""
+
+        def __iter__(self) -> Iterator[tuple[Any, ...]]:
+            nonlocal handed
+            for taken in super().__iter__():
+                handed += 1
+                yield taken
+
+    rows = Counted(
+        msgspec.structs.astuple(msgspec.structs.replace(row, request_id=f"r-{i}"))
+        for i in range(1000)
+    )
+    most_in_one_turn = 0
+
+    async def watch() -> None:
+        # What the writer formatted between two turns of the event loop.
+        nonlocal most_in_one_turn
+        seen = handed
+        while True:
+            await anyio.lowlevel.checkpoint()
+            most_in_one_turn = max(most_in_one_turn, handed - seen)
+            seen = handed
+
+    async with (
+        Database.open(database_url, pool_size=2, timeout_s=5) as database,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(watch)
+        await database.write_audit(rows, [])
+        tg.cancel_scope.cancel()
+    assert handed == 1000
+    assert 0 < most_in_one_turn <= COPY_ROWS_PER_TURN
+    assert run_sql(database_url, "SELECT count(*) FROM gateway.audit_log")[0][0] == 1000
