@@ -6,6 +6,7 @@ Pure: the arithmetic lives in Lua (one atomic round trip); this module prepares 
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from typing import NamedTuple
 
@@ -87,6 +88,8 @@ class QuotaKeys(NamedTuple):
     tpm_totals: tuple[str, str]
 
 
+# Every admission of a key asks for the same fourteen names all day: formatted once.
+@functools.lru_cache(maxsize=4096)
 def quota_keys(prefix: str, tenant_id: str, key_id: str, day: str, month: str) -> QuotaKeys:
     tenant = f"{prefix}:{{t:{tenant_id}}}"
     key = f"{tenant}:k:{key_id}"
