@@ -134,9 +134,11 @@ class Backend:
         try:
             yield UpstreamResponse(response)
         finally:
-            # Closing an unfinished body drops the connection, which stops the generation.
-            with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
-                await response.aclose()
+            # Closing an unfinished body drops the connection, which stops the generation. A
+            # body read to its end closed itself: no cancel scope to pay for on every request.
+            if not response.is_closed:
+                with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
+                    await response.aclose()
 
     async def get(self, path: str) -> tuple[int, bytes]:
         """A small GET answered whole (a listing, not a generation); capped in size."""
