@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 Row = TypeVar("Row")
 
 # Rows a COPY formats between two turns of the event loop. Formatting is CPU with nothing to
-# wait for: a flush of 250 rows in one go held every request of the worker for 0.7 ms, and a
-# larger batch showed in the p99 (PERFORMANCE.md).
+# wait for: a flush of 250 rows in one go held every request of the worker for about 0.5 ms,
+# and a larger batch showed in the p99 (PERFORMANCE.md).
 COPY_ROWS_PER_TURN = 25
 
 
