@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from types import TracebackType
-from typing import Any, NamedTuple, NoReturn, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import hiredis
@@ -60,12 +60,6 @@ def pack_command(parts: Sequence[Arg | bytes]) -> bytes:
 _FAILURES = (redis.exceptions.RedisError, ErrorReply, OSError, TimeoutError)
 
 
-def _failed(kind: type[BaseException]) -> NoReturn:
-    # The type only: redis-py messages can carry the URL, and with it the password.
-    log.warning("Redis call failed: %s", kind.__name__)
-    raise ServiceUnavailable from None
-
-
 def link_endpoint(pool: redis.asyncio.ConnectionPool) -> tuple[Connect, tuple[bytes, ...]]:
     """How the link connects: where to, and what it says first, read from redis-py's own
     parse of the URL (host or socket path, TLS, credentials, database, client name)."""
@@ -95,7 +89,10 @@ def link_endpoint(pool: redis.asyncio.ConnectionPool) -> tuple[Connect, tuple[by
 
 
 class _Mapped:
-    """The link's failures (and redis-py's) turned into ours; the link keeps its own deadline."""
+    """The link's failures and redis-py's turned into ours: the one place they are.
+
+    The link keeps its own deadline; redis-py's calls take theirs from `_Call`.
+    """
 
     __slots__ = ()
 
@@ -109,7 +106,9 @@ class _Mapped:
         traceback: TracebackType | None,
     ) -> None:
         if kind is not None and issubclass(kind, _FAILURES):
-            _failed(kind)
+            # The type only: redis-py messages can carry the URL, and with it the password.
+            log.warning("Redis call failed: %s", kind.__name__)
+            raise ServiceUnavailable from None
 
 
 _MAPPED = _Mapped()
@@ -140,8 +139,7 @@ class _Call:
             await self._deadline.__aexit__(kind, error, traceback)
         except TimeoutError:
             kind = TimeoutError
-        if kind is not None and issubclass(kind, _FAILURES):
-            _failed(kind)
+        _MAPPED.__exit__(kind, error, traceback)
 
 
 class Cache:
