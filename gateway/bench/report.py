@@ -15,6 +15,9 @@ PLOT = "bench-latency.png"  # beside the markdown, in the output folder and in d
 # Issue 8's one figure from outside our stack, which the bench takes as given rather than runs:
 # LiteLLM's proxy (no database) on the issue's 2-core host, req/s at c=8.
 LITELLM_RPS = 107.0
+# The simulator alone on that host, req/s at c=8: how fast the host was that the bounds in ms
+# were set on. Hosts here have ranged from less than half of it to half again as much.
+REFERENCE_DIRECT_RPS = 4900.0
 
 
 def _bound(name: str, value: float | None, op: str, limit: float) -> Target:
@@ -155,6 +158,24 @@ def _summary(results: Results) -> str:
     )
 
 
+def host_speed(results: Results) -> str | None:
+    """This host against the one issue 8 set its bounds on, by the simulator alone at c=8."""
+    direct = sorted(
+        (r for r in results.runs if r.target == "direct" and r.concurrency == 8 and not r.stream),
+        key=lambda r: r.path,
+        reverse=True,
+    )
+    if not direct:
+        return None
+    rates = ", ".join(f"{r.rps:,.0f} on {r.path}" for r in direct)
+    share = min(r.rps for r in direct) / REFERENCE_DIRECT_RPS
+    return (
+        f"Host speed: the simulator alone answered {rates} (req/s, c=8), {share:.2f}× the "
+        f"{REFERENCE_DIRECT_RPS:,.0f} of the host issue 8 set its bounds on. The bounds in ms "
+        "and LiteLLM's figure come from that host; the ratios compare servers within this run."
+    )
+
+
 def _idle(results: Results) -> str:
     idle = results.idle_streams
     if idle is None:
@@ -172,8 +193,10 @@ def markdown(results: Results) -> str:
     """The run as markdown: machine, targets, both load tables, idle streams, telemetry."""
     tel = results.telemetry
     targets_rows = [[t.name, _ms(t.value), t.bound, _met(t.met)] for t in results.targets]
+    speed = host_speed(results)
     lines = [
         _summary(results),
+        *(["", speed] if speed else []),
         "",
         *_table(["target", "this run", "bound", "met"], targets_rows),
         "",

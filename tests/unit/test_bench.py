@@ -178,6 +178,8 @@ def test_the_markdown_names_the_machine_and_every_run(tmp_path: Path) -> None:
     assert "cpu, 2 cores" in table
     assert table.count("| /api/chat | ") == 12  # one row per run, gateway+otel included
     assert "80.0 kB per stream" in table
+    # The simulator alone at c=8 against issue 8's host, so a reader can tell host from code.
+    assert "answered 4,800 on /api/chat (req/s, c=8), 0.98× the 4,900" in table
     doc = tmp_path / "PERFORMANCE.md"
     doc.write_text(f"# Performance\n\nmethod\n\n{BEGIN}\nold numbers\n{END}\n\nhow to rerun\n")
     update_docs(doc, table)
@@ -189,6 +191,12 @@ def test_the_markdown_names_the_machine_and_every_run(tmp_path: Path) -> None:
     doc.write_text("no markers")
     with pytest.raises(ValueError, match="no <!-- bench-results:begin -->"):
         update_docs(doc, table)
+
+
+def test_a_run_without_the_simulator_at_c8_names_no_host_speed() -> None:
+    out = results(1.3)
+    out.runs = [r for r in out.runs if r.concurrency != 8]
+    assert "Host speed" not in markdown(out)
 
 
 def test_results_survive_their_json() -> None:
