@@ -25,6 +25,7 @@ from gateway.errors import (
     ServiceUnavailable,
 )
 from gateway.http import Receive, Request, Responder
+from gateway.tasks import cancel_and_wait
 from gateway.telemetry import NoRequestTrace, RequestTrace, UpstreamTrace
 from gateway.upstream.backends import Backends, Member
 from gateway.upstream.breaker import BreakerState
@@ -123,12 +124,8 @@ class Relay:
             with relaying, trace.stage("upstream"):
                 await self._route(attempt)
         finally:
-            watcher.cancel()
             # Ended before we go on, and its failure, if any, ours to raise: as in a task group.
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait((watcher,))
-            if not watcher.cancelled() and (error := watcher.exception()) is not None:
-                raise error
+            await cancel_and_wait(watcher)
 
     async def _route(self, attempt: _Attempt) -> None:
         """Try the backends that host the model, best first, until one answers."""
