@@ -22,6 +22,16 @@ async def _blocked(started: asyncio.Event) -> None:
     await asyncio.Event().wait()
 
 
+async def _slow_to_end(cleaned: list[int], turns: int) -> None:
+    """Blocks until cancelled, then takes `turns` loop turns to clean up."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for turn in range(turns):
+            await asyncio.sleep(0)
+            cleaned.append(turn)
+
+
 async def test_a_task_waiting_on_something_is_ended_and_nothing_is_raised() -> None:
     started = asyncio.Event()
     task = asyncio.get_running_loop().create_task(_blocked(started))
@@ -38,16 +48,7 @@ async def test_a_task_not_yet_started_is_ended_too() -> None:
 
 async def test_a_task_that_takes_turns_to_end_is_waited_for() -> None:
     cleaned: list[int] = []
-
-    async def slow_to_end() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            for turn in range(5):
-                await asyncio.sleep(0)
-                cleaned.append(turn)
-
-    task = asyncio.get_running_loop().create_task(slow_to_end())
+    task = asyncio.get_running_loop().create_task(_slow_to_end(cleaned, 5))
     await asyncio.sleep(0)
     await cancel_and_wait(task)
     assert task.done()
@@ -67,14 +68,6 @@ async def test_what_the_task_failed_with_is_raised_to_its_owner() -> None:
 async def test_an_owner_cancelled_while_it_waits_still_sees_the_task_end_first() -> None:
     cleaned: list[int] = []
 
-    async def slow_to_end() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            for turn in range(3):
-                await asyncio.sleep(0)
-                cleaned.append(turn)
-
     async def owner(task: asyncio.Task[None], outer: anyio.CancelScope) -> None:
         with outer:
             outer.cancel()  # delivered at the owner's next await: the turn it gives the task
@@ -82,7 +75,7 @@ async def test_an_owner_cancelled_while_it_waits_still_sees_the_task_end_first()
         assert task.done()
         assert cleaned == [0, 1, 2]
 
-    task = asyncio.get_running_loop().create_task(slow_to_end())
+    task = asyncio.get_running_loop().create_task(_slow_to_end(cleaned, 3))
     await asyncio.sleep(0)
     outer = anyio.CancelScope()
     await owner(task, outer)
