@@ -28,6 +28,7 @@ from gateway.http import ClientDisconnected, Receive, Request, Responder, Scope,
 from gateway.playground import Playground
 from gateway.playground import owns as playground_owns
 from gateway.services import Readiness, Services
+from gateway.tasks import run_to_end
 from gateway.telemetry import NoTelemetry, RequestTrace, Telemetry, telemetry_from_env
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,9 @@ class Gateway:
             )
         finally:
             # After the last byte, and even when the client left: never delays the answer.
-            with anyio.CancelScope(shield=True):
-                await services.admission.settle(grant, outcome)
+            # A cancellation that lands while the settle waits for its reply finds its command
+            # written already: Redis runs it whether or not the reply is read.
+            await run_to_end(services.admission.settle(grant, outcome))
         return body
 
     async def _me(self, services: Services, principal: Principal) -> bytes:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Protocol
 
-import anyio
 import msgspec
 
 from gateway.chain.answer import Answer
@@ -25,7 +24,7 @@ from gateway.errors import (
     ServiceUnavailable,
 )
 from gateway.http import Receive, Request, Responder
-from gateway.tasks import cancel_and_wait
+from gateway.tasks import Cancellable, cancel_and_wait
 from gateway.telemetry import NoRequestTrace, RequestTrace, UpstreamTrace
 from gateway.upstream.backends import Backends, Member
 from gateway.upstream.breaker import BreakerState
@@ -107,7 +106,7 @@ class Relay:
         trace: RequestTrace = NO_TRACE,
     ) -> None:
         started_s = time.perf_counter()
-        relaying = anyio.CancelScope()
+        relaying = Cancellable()
 
         async def cancel_when_client_leaves() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -121,8 +120,9 @@ class Relay:
         watcher = asyncio.get_running_loop().create_task(cancel_when_client_leaves())
         attempt = _Attempt(request, endpoint, routed, responder, headers, outcome, started_s, trace)
         try:
-            with relaying, trace.stage("upstream"):
-                await self._route(attempt)
+            async with relaying:
+                with trace.stage("upstream"):
+                    await self._route(attempt)
         finally:
             # Ended before we go on, and its failure, if any, ours to raise: as in a task group.
             await cancel_and_wait(watcher)
