@@ -244,7 +244,7 @@ class Gateway:
         finally:
             # After the last byte, and even when the client left: never delays the answer.
             # A cancellation that lands while the settle waits for its reply finds its command
-            # written already: Redis runs it whether or not the reply is read.
+            # queued already: Redis runs it whether or not the reply is read.
             await run_to_end(services.admission.settle(grant, outcome))
         return body
 

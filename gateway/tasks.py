@@ -27,7 +27,7 @@ class Cancellable:
         self._open = False
 
     def cancel(self) -> None:
-        """Cancel the body in the next turn; nothing once the scope is left."""
+        """Cancel the body in the next turn; nothing outside the scope."""
         if self._open:
             self._deadline.reschedule(0.0)  # a deadline in the past
 
@@ -55,7 +55,7 @@ async def run_to_end(work: Coroutine[Any, Any, None]) -> None:
     grace), not from one that lands while it runs.
 
     For work whose effect is under way at its first step, so that a cancellation landing later
-    loses only its reply. A shielded anyio scope on every request cost about 5% of the request's
+    loses only its reply. A shielded anyio scope on every request cost about 6% of the request's
     CPU at c=8 (PERFORMANCE.md); this checks the task's count of cancellations instead.
     """
     task = asyncio.current_task()
