@@ -2,7 +2,8 @@
 
 The httpx API stays (`httpx.Request` in, `httpx.Response` out, httpx's exceptions); the wire is
 ours: asyncio protocols and llhttp, about half the CPU of the aiohttp stack it replaced. Each
-request's `timeout` extension (connect, read, write, pool; seconds) bounds its waits.
+request's `timeout` extension (connect, read, write, pool; seconds) bounds its waits. The
+request path's POSTs skip `httpx.Request`: `exchange` takes a head built from a fixed part.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import httpx
 
@@ -168,8 +169,16 @@ class Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout_s: dict[str, float | None] = request.extensions.get("timeout", {})
-        head = request_head(request)
-        body = request.content
+        return await self.exchange(request_head(request), request.content, timeout_s, request)
+
+    async def exchange(
+        self,
+        head: bytes,
+        body: bytes,
+        timeout_s: Mapping[str, float | None],
+        request: httpx.Request | None = None,
+    ) -> httpx.Response:
+        """Send a whole head (`request_head`, `whole_head`) and body; the answer's head back."""
         fresh = False
         while True:
             connection = await self._pool.acquire(
@@ -200,15 +209,36 @@ class Transport(httpx.AsyncBaseTransport):
 
 
 def request_head(request: httpx.Request) -> bytes:
-    """The request line and headers. httpx has set Host and Content-Length; a header that could
-    split the request (CR, LF or NUL in it) is refused, whoever built it."""
+    """The request line and headers. httpx has set Host and Content-Length."""
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
-    for name, value in request.headers.raw:
-        if _splits(name) or _splits(value) or b":" in name:
-            raise httpx.LocalProtocolError("a request header could split the request")
-        lines.append(b"%s: %s\r\n" % (name, value))
+    lines += [header_line(name, value) for name, value in request.headers.raw]
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def fixed_head(method: str, url: httpx.URL, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The request line, Host and `headers`: what every request of `method` to `url` starts
+    with, built once. `whole_head` ends it."""
+    lines = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), url.raw_path)]
+    lines.append(header_line(b"host", url.netloc))
+    lines += [header_line(name, value) for name, value in headers]
+    return b"".join(lines)
+
+
+def whole_head(fixed: bytes, body_bytes: int, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """`fixed_head` with the Content-Length of the body and this request's own `headers`."""
+    lines = [fixed, b"content-length: %d\r\n" % body_bytes]
+    lines += [header_line(name, value) for name, value in headers]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def header_line(name: bytes, value: bytes) -> bytes:
+    """One header as written; one that could split the request (CR, LF or NUL in it) is refused,
+    whoever built it."""
+    if _splits(name) or _splits(value) or b":" in name:
+        raise httpx.LocalProtocolError("a request header could split the request")
+    return b"%s: %s\r\n" % (name, value)
 
 
 def _splits(field: bytes) -> bool:

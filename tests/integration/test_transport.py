@@ -14,6 +14,8 @@ import httpx
 import pytest
 import trustme
 
+from gateway.errors import BadGateway
+from gateway.upstream import backend as upstream
 from gateway.upstream.connection import MAX_HEAD_BYTES, READ_HIGH_WATER_BYTES
 from gateway.upstream.transport import Pool, Transport
 
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.anyio
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 TIMEOUT_S = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+TRACE = (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
 
 
 class Backend:
@@ -30,6 +33,7 @@ class Backend:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.connections = 0
+        self.requests: list[bytes] = []  # each one's head and body, as read
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -38,7 +42,8 @@ class Backend:
         assert task is not None
         self.tasks.add(task)
         try:
-            while await read_request(reader):
+            while request := await read_request(reader):
+                self.requests.append(request)
                 await self.handler(reader, writer)
                 if writer.is_closing():
                     return
@@ -419,6 +424,50 @@ async def test_a_header_that_could_split_the_request_is_never_sent() -> None:
         with pytest.raises(httpx.LocalProtocolError):
             await transport.handle_async_request(request)
         await transport.aclose()
+    assert backend.connections == 0
+
+
+async def test_a_backend_s_post_carries_its_prefix_its_auth_and_the_request_s_own_headers() -> None:
+    async with (
+        serving(answer(OK)) as (backend, url),
+        upstream.Backend.open(
+            "gpu1", url + "/prefix/", auth_header="X-Api-Key", auth_value="s3cret",
+            connect_timeout_s=2.0, read_timeout_s=2.0, max_connections=1,
+        ) as gpu1,
+    ):  # fmt: skip
+        for request_id in ("first", "second"):  # the second from the head kept for the path
+            async with gpu1.post("/api/chat", b'{"model":"m"}', request_id, [TRACE]) as answered:
+                assert answered.status == 200
+                assert b"".join([chunk async for chunk in answered.chunks()]) == b"{}"
+    first, second = backend.requests
+    head, _, body = second.partition(b"\r\n\r\n")
+    line, *headers = head.split(b"\r\n")
+    assert line == b"POST /prefix/api/chat HTTP/1.1"
+    assert sorted(headers) == sorted(
+        [
+            b"host: " + url.removeprefix("http://").encode(),
+            b"content-type: application/json",
+            b"x-api-key: s3cret",
+            b"content-length: 13",
+            b"x-request-id: second",
+            b"traceparent: " + TRACE[1],
+        ]
+    )
+    assert body == b'{"model":"m"}'
+    assert first.replace(b"x-request-id: first", b"x-request-id: second") == second
+
+
+async def test_a_backend_s_post_with_a_header_that_could_split_it_is_never_sent() -> None:
+    async with (
+        serving(answer(OK)) as (backend, url),
+        upstream.Backend.open(
+            "gpu1", url, auth_header="X-Api-Key", auth_value="a\r\nx-admin: yes",
+            connect_timeout_s=2.0, read_timeout_s=2.0, max_connections=1,
+        ) as gpu1,
+    ):  # fmt: skip
+        with pytest.raises(BadGateway):
+            async with gpu1.post("/api/chat", b"{}", "first"):
+                pass  # pragma: no cover - refused before it is sent
     assert backend.connections == 0
 
 

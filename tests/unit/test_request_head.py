@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.upstream.transport import request_head
+from gateway.upstream.transport import fixed_head, request_head, whole_head
 
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20)
 # Visible ASCII and spaces inside; httpx strips the ends of a value.
@@ -72,3 +72,43 @@ def test_a_header_that_could_split_the_request_is_refused(
     )
     with pytest.raises(httpx.LocalProtocolError):
         request_head(request)
+
+
+HEADER = st.tuples(TOKEN.map(lambda t: b"x-" + t.encode()), VALUE.map(str.encode))
+
+
+@given(
+    path=PATH,
+    fixed=st.lists(HEADER, max_size=4),
+    own=st.lists(HEADER, max_size=4),
+    body=st.binary(max_size=64),
+)
+def test_a_head_built_from_a_fixed_part_parses_back_to_what_was_asked(
+    path: str, fixed: list[tuple[bytes, bytes]], own: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    url = httpx.URL("http://backend:11434" + path)
+    parsed = _Parsed()
+    parser = httptools.HttpRequestParser(parsed)
+    parser.feed_data(whole_head(fixed_head("POST", url, fixed), len(body), own) + body)
+    assert parsed.complete
+    assert parser.get_method() == b"POST"
+    assert parsed.url == url.raw_path
+    assert parsed.body == body
+    length = (b"content-length", str(len(body)).encode())
+    assert parsed.headers == [(b"host", b"backend:11434"), *fixed, length, *own]
+
+
+@given(
+    before=VALUE,
+    breaker=st.sampled_from(["\r", "\n", "\r\n", "\0"]),
+    after=VALUE,
+    fixed=st.booleans(),
+)
+def test_a_header_that_could_split_a_head_built_from_a_fixed_part_is_refused(
+    before: str, breaker: str, after: str, fixed: bool
+) -> None:
+    header = (b"x-api-key", (before + breaker + after).encode())
+    url = httpx.URL("http://backend:11434/api/chat")
+    fixed_part, own = ([header], []) if fixed else ([], [header])
+    with pytest.raises(httpx.LocalProtocolError):
+        whole_head(fixed_head("POST", url, fixed_part), 0, own)
