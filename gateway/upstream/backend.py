@@ -70,9 +70,9 @@ class Backend:
         self._transport = transport
         self._headers = headers
         self._timeout_s = timeout_s
-        # Parsing and joining URLs costs more than the rest of building a request.
-        self._urls: dict[str, httpx.URL] = {}
-        self._post_heads: dict[str, bytes] = {}  # each path's `fixed_head`
+        # Each (method, path)'s request line, Host and headers (`fixed_head`): an `httpx.Request`
+        # cost about 3% of a request's CPU (PERFORMANCE.md), joining URLs more than the rest.
+        self._heads: dict[tuple[str, str], bytes] = {}
 
     @classmethod
     @asynccontextmanager
@@ -112,38 +112,23 @@ class Backend:
         request_id: str,
         extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> httpx.Response:
-        request = httpx.Request(
-            method,
-            self._url(path),
-            headers=[*self._headers, (b"x-request-id", request_id.encode("ascii")), *extra],
-            content=body,
-            extensions={"timeout": self._timeout_s},
-        )
         with _mapped():
-            return await self._transport.handle_async_request(request)
-
-    def _url(self, path: str) -> httpx.URL:
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = httpx.URL(f"{self._base_url}/{path.lstrip('/')}")
-        return url
+            fixed = self._heads.get((method, path))
+            if fixed is None:
+                url = httpx.URL(f"{self._base_url}/{path.lstrip('/')}")
+                fixed = self._heads[method, path] = fixed_head(method, url, self._headers)
+            own = [(b"x-request-id", request_id.encode("ascii")), *extra]
+            # A POST always says its length; a GET means no body and says none, as httpx did.
+            head = whole_head(fixed, len(body) if method == "POST" else None, own)
+            return await self._transport.exchange(head, body, self._timeout_s)
 
     @asynccontextmanager
     async def post(
         self, path: str, body: bytes, request_id: str, headers: Sequence[tuple[bytes, bytes]] = ()
     ) -> AsyncIterator[UpstreamResponse]:
         """POST and hand over the response before its body is read; always closes it.
-        `headers` go along (the trace context); the backend's own auth header always does.
-
-        The head is built here, from a fixed part kept per path: an `httpx.Request` cost about
-        3% of a request's CPU (PERFORMANCE.md)."""
-        with _mapped():
-            fixed = self._post_heads.get(path)
-            if fixed is None:
-                fixed = self._post_heads[path] = fixed_head("POST", self._url(path), self._headers)
-            own = [(b"x-request-id", request_id.encode("ascii")), *headers]
-            head = whole_head(fixed, len(body), own)
-            response = await self._transport.exchange(head, body, self._timeout_s)
+        `headers` go along (the trace context); the backend's own auth header always does."""
+        response = await self._send("POST", path, body, request_id, headers)
         try:
             yield UpstreamResponse(response)
         finally:

@@ -2,8 +2,8 @@
 
 The httpx API stays (`httpx.Request` in, `httpx.Response` out, httpx's exceptions); the wire is
 ours: asyncio protocols and llhttp, about half the CPU of the aiohttp stack it replaced. Each
-request's `timeout` extension (connect, read, write, pool; seconds) bounds its waits. The
-request path's POSTs skip `httpx.Request`: `exchange` takes a head built from a fixed part.
+request's `timeout` extension (connect, read, write, pool; seconds) bounds its waits. A
+backend's own requests skip `httpx.Request`: `exchange` takes a head built from a fixed part.
 """
 
 from __future__ import annotations
@@ -225,9 +225,14 @@ def fixed_head(method: str, url: httpx.URL, headers: Sequence[tuple[bytes, bytes
     return b"".join(lines)
 
 
-def whole_head(fixed: bytes, body_bytes: int, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """`fixed_head` with the Content-Length of the body and this request's own `headers`."""
-    lines = [fixed, b"content-length: %d\r\n" % body_bytes]
+def whole_head(
+    fixed: bytes, body_bytes: int | None, headers: Sequence[tuple[bytes, bytes]]
+) -> bytes:
+    """`fixed_head` with the Content-Length of the body (none for None: no body is meant) and
+    this request's own `headers`."""
+    lines = [fixed]
+    if body_bytes is not None:
+        lines.append(b"content-length: %d\r\n" % body_bytes)
     lines += [header_line(name, value) for name, value in headers]
     lines.append(b"\r\n")
     return b"".join(lines)
