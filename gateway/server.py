@@ -63,7 +63,7 @@ def run_gateway(
     config.workers = workers or settings.workers
     config.worker_class = "uvloop"
     # Workers are separate processes; each builds its own app from the same environment.
-    config.application_path = "gateway.app:create_app()"
+    config.application_path = "gateway.serving:worker_app()"
     run(config)
 
 

@@ -33,10 +33,14 @@ from gateway.devservices import (
     throwaway_postgres,
     throwaway_redis,
 )
+from gateway.serving import use_gateway_connections
 from tests.servers import serve_in_thread
 
 # Records every key and token made, scans every log and output for them at the end of the run.
 pytest_plugins = ("tests.secret_watch",)
+
+# Every gateway worker serves its connections this way; the suite's servers do the same.
+use_gateway_connections()
 
 LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
