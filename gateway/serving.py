@@ -91,9 +91,9 @@ class Connection(TCPServer):
 
     def _send_held(self) -> None:
         held, self._held = self._held, b""
-        # If the client is gone, the connection's next read or write finds out.
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            if held:
+        if held:
+            # If the client is gone, the connection's next read or write finds out.
+            with contextlib.suppress(ConnectionError, RuntimeError):
                 self.writer.write(held)
 
     async def _close(self) -> None:
